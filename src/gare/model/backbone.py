@@ -1,0 +1,217 @@
+"""CLIP encoders through open_clip: projected end-of-text embeddings and per-frame embeddings.
+
+Any open_clip ViT architecture by name (``ViT-B-32``, ``ViT-B-16``, ``ViT-L-14``, ...) or the small
+``tiny`` configuration used by the CPU demo and the tests. Weights come only from local files:
+an OpenAI CLIP ``.pt`` (TorchScript archive or plain state dict) or an open_clip state dict.
+Nothing here ever touches the network.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from open_clip.model import CLIP
+from torch import Tensor, nn
+
+from .weights import load_state_dict_strict
+
+log = logging.getLogger(__name__)
+
+#: The small CLIP-architecture configuration trained from scratch on the CPU (demo and tests).
+TINY_CFG: dict[str, Any] = {
+    "embed_dim": 128,
+    "vision_cfg": {"image_size": 64, "layers": 3, "width": 128, "patch_size": 16, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 3},
+}
+
+OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+SOT_TOKEN = 49406
+EOT_TOKEN = 49407
+
+
+def arch_config(arch: str, arch_cfg: dict | None = None) -> dict:
+    """The open_clip model config dict for ``arch`` (or ``arch_cfg`` when given)."""
+    if arch_cfg:
+        return copy.deepcopy(arch_cfg)
+    if arch == "tiny":
+        return copy.deepcopy(TINY_CFG)
+    cfg = open_clip.get_model_config(arch)
+    if cfg is None:
+        names = [n for n in open_clip.list_models() if n.startswith("ViT")][:12]
+        raise ValueError(f"unknown CLIP architecture '{arch}'; use 'tiny' or an open_clip name such as {names}")
+    if "timm_model_name" in cfg.get("vision_cfg", {}) or "hf_model_name" in cfg.get("text_cfg", {}):
+        raise ValueError(f"architecture '{arch}' uses timm/HF towers, which gare does not support; use a ViT CLIP")
+    return copy.deepcopy(cfg)
+
+
+def infer_openai_arch(sd: dict[str, Tensor]) -> dict:
+    """Infer an open_clip config from an OpenAI-layout CLIP state dict (ViT models only)."""
+    if "visual.conv1.weight" not in sd:
+        raise ValueError("only ViT CLIP checkpoints are supported (no 'visual.conv1.weight' tensor found)")
+    vw = sd["visual.conv1.weight"].shape[0]
+    patch = sd["visual.conv1.weight"].shape[-1]
+    vlayers = len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")})
+    grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    tw = sd["ln_final.weight"].shape[0]
+    tlayers = len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")})
+    return {
+        "embed_dim": sd["text_projection"].shape[1],
+        "vision_cfg": {"image_size": patch * grid, "layers": vlayers, "width": vw, "patch_size": patch},
+        "text_cfg": {
+            "context_length": sd["positional_embedding"].shape[0],
+            "vocab_size": sd["token_embedding.weight"].shape[0],
+            "width": tw,
+            "heads": tw // 64,
+            "layers": tlayers,
+        },
+    }
+
+
+def read_clip_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read CLIP weights from a local file: OpenAI TorchScript archive, OpenAI or open_clip state dict."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"CLIP weights file not found: {path}. Download the checkpoint on a machine with internet access "
+            "and pass its local path (backbone.weights=/path/to/ViT-B-32.pt)."
+        )
+    try:
+        archive = torch.jit.load(str(path), map_location="cpu")
+        sd = archive.state_dict()
+    except (RuntimeError, ValueError):
+        try:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - re-raised with the file named
+            raise ValueError(f"{path}: not a TorchScript archive nor a torch state dict ({e})") from e
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path}: expected a state dict, found {type(sd).__name__}")
+    sd = {k[7:] if k.startswith("module.") else k: v for k, v in sd.items()}
+    for k in OPENAI_EXTRA_KEYS:
+        sd.pop(k, None)
+    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+
+
+def build_clip(arch_cfg: dict, quick_gelu: bool = True) -> CLIP:
+    cfg = copy.deepcopy(arch_cfg)
+    return CLIP(
+        embed_dim=cfg["embed_dim"],
+        vision_cfg=open_clip.model.CLIPVisionCfg(**cfg["vision_cfg"]),
+        text_cfg=open_clip.model.CLIPTextCfg(**cfg["text_cfg"]),
+        quick_gelu=quick_gelu,
+    )
+
+
+class ClipBackbone(nn.Module):
+    """The two CLIP towers.
+
+    ``encode_text(ids [N, L]) -> [N, D]`` (projected end-of-text embedding, not normalized) and
+    ``encode_frames(frames [N, F, 3, H, W], mask [N, F]) -> [N, F, D]`` (projected class token of every
+    frame; padded frames are not encoded and come back as zeros).
+    """
+
+    def __init__(self, arch_cfg: dict, quick_gelu: bool = True, max_words: int = 32):
+        super().__init__()
+        self.arch_cfg = copy.deepcopy(arch_cfg)
+        self.clip = build_clip(arch_cfg, quick_gelu)
+        self.max_words = max_words
+        self.embed_dim = arch_cfg["embed_dim"]
+        self.image_size = arch_cfg["vision_cfg"]["image_size"]
+        self.context_length = arch_cfg["text_cfg"]["context_length"]
+        if max_words > self.context_length:
+            raise ValueError(f"max_words={max_words} exceeds the text context length {self.context_length}")
+        self._tokenizer = None
+
+    # -- text -------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = open_clip.tokenizer.SimpleTokenizer()
+        return self._tokenizer
+
+    def tokenize(self, texts: list[str], max_words: int | None = None) -> Tensor:
+        """CLIP BPE ids ``[N, L]``: start token, ids, end-of-text token, zero padding (truncated to L)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        return self.tokenizer(list(texts), context_length=max_words or self.max_words)
+
+    def encode_text(self, ids: Tensor, return_words: bool = False):
+        """``ids [N, L]`` -> end-of-text embedding ``[N, D]`` (and word embeddings ``[N, L, D]`` + mask)."""
+        c = self.clip
+        L = ids.shape[1]
+        if L > self.context_length:
+            raise ValueError(f"token length {L} exceeds the context length {self.context_length}")
+        x = c.token_embedding(ids)
+        x = x + c.positional_embedding[:L].to(x.dtype)
+        x = c.transformer(x, attn_mask=c.attn_mask[:L, :L].to(x.dtype))
+        x = c.ln_final(x)
+        eot = ids.argmax(dim=-1)
+        proj = c.text_projection
+        out = x[torch.arange(x.shape[0], device=x.device), eot]
+        out = c.text_projection(out) if isinstance(proj, nn.Linear) else out @ proj
+        if not return_words:
+            return out
+        words = c.text_projection(x) if isinstance(proj, nn.Linear) else x @ proj
+        word_mask = torch.arange(L, device=ids.device)[None, :] <= eot[:, None]
+        return out, words, word_mask
+
+    # -- video ------------------------------------------------------------------------------
+    def encode_frames(self, frames: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``frames [N, F, 3, H, W]`` normalized -> per-frame embeddings ``[N, F, D]``."""
+        if frames.dim() != 5:
+            raise ValueError(f"frames must be [N, F, 3, H, W], got shape {tuple(frames.shape)}")
+        N, Fr = frames.shape[:2]
+        flat = frames.reshape(N * Fr, *frames.shape[2:])
+        if mask is None:
+            emb = self.clip.visual(flat)
+            return emb.reshape(N, Fr, -1)
+        keep = mask.reshape(-1).bool()
+        out = flat.new_zeros(N * Fr, self.embed_dim)
+        if keep.any():
+            emb = self.clip.visual(flat[keep])
+            out = out.to(emb.dtype)
+            out[keep] = emb
+        return out.reshape(N, Fr, -1)
+
+    def load_clip_weights(self, sd: dict[str, Tensor], source: str) -> None:
+        load_state_dict_strict(self.clip, sd, source=source, allow_missing=("logit_bias",))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.clip.set_grad_checkpointing(enable)
+
+
+def make_backbone(arch: str = "ViT-B-32", weights: str | None = None, quick_gelu: bool = True,
+                  max_words: int = 32, arch_cfg: dict | None = None) -> ClipBackbone:
+    """Build the towers; with ``weights`` the architecture is read off the file when ``arch`` disagrees."""
+    sd = None
+    if weights:
+        sd = read_clip_state_dict(weights)
+        if arch_cfg is None:
+            inferred = infer_openai_arch(sd)
+            named = arch_config(arch) if arch else None
+            if named is None or named["vision_cfg"].get("width") != inferred["vision_cfg"]["width"] or \
+                    named["vision_cfg"].get("patch_size") != inferred["vision_cfg"]["patch_size"]:
+                log.info("architecture read off %s: %s", weights, inferred)
+            arch_cfg = inferred if named is None else _merge_heads(named, inferred)
+    backbone = ClipBackbone(arch_config(arch, arch_cfg), quick_gelu=quick_gelu, max_words=max_words)
+    if sd is not None:
+        backbone.load_clip_weights(sd, source=str(weights))
+    return backbone
+
+
+def _merge_heads(named: dict, inferred: dict) -> dict:
+    """Use the inferred shapes, keeping head settings of the named config when the widths agree."""
+    out = copy.deepcopy(inferred)
+    if named["vision_cfg"].get("width") == inferred["vision_cfg"]["width"]:
+        for k in ("head_width",):
+            if k in named["vision_cfg"]:
+                out["vision_cfg"][k] = named["vision_cfg"][k]
+    if named["text_cfg"].get("width") == inferred["text_cfg"]["width"]:
+        out["text_cfg"]["heads"] = named["text_cfg"].get("heads", out["text_cfg"]["heads"])
+    return out

@@ -1,0 +1,107 @@
+"""Import of official GARE release state dicts (and OpenAI CLIP key layout).
+
+Official layout: ``clip.*`` (OpenAI CLIP keys), ``frame_position_embeddings.weight``,
+``transformerClip.resblocks.N.*`` (temporal blocks), ``agent.psi.layers.N.{cross_attn.*, linear1.*,
+layer_norm{1,2,3}.*}``, ``agent.psi.mean_proj.*``, ``agent.psi.log_std_proj.*``; the same psi again under
+``psi.*``; unused ``agent.psi.layers.N.linear2.*``, ``agent.psi.layers.N.mlp.*``, ``weight_fc.*``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+from torch import Tensor
+
+from ..config import ModelConfig, _coerce, apply_overrides
+from .backbone import OPENAI_EXTRA_KEYS, infer_openai_arch
+from .weights import CheckpointError, load_state_dict_strict
+
+log = logging.getLogger(__name__)
+
+_UNUSED = (re.compile(r"^agent\.psi\.layers\.\d+\.linear2\."), re.compile(r"^agent\.psi\.layers\.\d+\.mlp\."),
+           re.compile(r"^weight_fc\."), re.compile(r"^psi\."))
+
+
+def is_official_gare(sd: dict[str, Any]) -> bool:
+    return any(k.startswith("clip.") for k in sd) and any(k.startswith("agent.psi.") for k in sd)
+
+
+def official_to_project(sd: dict[str, Tensor], *, log_sigma_head: bool) -> tuple[dict[str, Tensor], list[str]]:
+    """Rename official keys to this project's; returns (state dict, ignored keys)."""
+    out: dict[str, Tensor] = {}
+    ignored: list[str] = []
+    for k, v in sd.items():
+        if k.startswith("clip."):
+            name = k[5:]
+            if name in OPENAI_EXTRA_KEYS:
+                ignored.append(k)
+                continue
+            out["backbone.clip." + name] = v.float() if v.is_floating_point() else v
+        elif k == "frame_position_embeddings.weight":
+            out["temporal.frame_position_embeddings.weight"] = v.float()
+        elif k.startswith("transformerClip."):
+            out["temporal.transformer." + k[len("transformerClip."):]] = v.float()
+        elif any(p.match(k) for p in _UNUSED):
+            ignored.append(k)
+        elif k.startswith("agent.psi.log_std_proj."):
+            if log_sigma_head:
+                out["scorer.psi." + k[len("agent.psi."):]] = v.float()
+            else:
+                ignored.append(k)
+        elif k.startswith("agent.psi."):
+            out["scorer.psi." + k[len("agent.psi."):]] = v.float()
+        else:
+            out[k] = v  # unknown: reported as unexpected by the strict loader
+    return out, ignored
+
+
+def official_model_config(sd: dict[str, Tensor], overrides: dict[str, Any] | None = None) -> ModelConfig:
+    clip_sd = {k[5:]: v for k, v in sd.items() if k.startswith("clip.")}
+    arch_cfg = infer_openai_arch(clip_sd)
+    tlayers = len({k.split(".")[2] for k in sd if k.startswith("transformerClip.resblocks.")})
+    players = len({k.split(".")[3] for k in sd if re.match(r"^agent\.psi\.layers\.\d+\.cross_attn\.", k)})
+    d = {
+        "backbone": {"arch": "ViT-B-32", "arch_cfg": arch_cfg, "quick_gelu": True},
+        "temporal": {"kind": "seqTransf" if tlayers else "meanP", "layers": max(tlayers, 1), "init_from_text": False},
+        "scorer": {"use_delta": True, "pooling": "text", "pool_temperature": 3.0,
+                   "psi": {"layers": max(players, 1)}},
+    }
+    ov = dict(overrides or {})
+    d = apply_overrides(d, [f"{k}={json.dumps(v)}" for k, v in ov.items()])
+    return _coerce(d, ModelConfig, "model")
+
+
+def load_official_gare(sd: dict[str, Tensor], *, source: str, overrides: dict[str, Any] | None = None):
+    """Build a :class:`GareModel` from an official GARE state dict (strict: every problem is named)."""
+    from .gare import GareModel
+
+    cfg = official_model_config(sd, overrides)
+    model = GareModel(cfg)
+    mapped, ignored = official_to_project(sd, log_sigma_head=cfg.scorer.psi.log_sigma_head)
+    if ignored:
+        log.warning("%s: ignored %d tensors the official release stores but never uses: %s", source, len(ignored),
+                    ", ".join(sorted({re.sub(r"\.(weight|bias)$", ".*", k) for k in ignored})[:12]))
+    try:
+        load_state_dict_strict(model, mapped, source=source, allow_missing=("backbone.clip.logit_bias",))
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} (official GARE layout expected)") from None
+    return model
+
+
+def project_to_official(model) -> dict[str, Tensor]:
+    """The inverse mapping (used by the tests and to export): project model -> official key layout."""
+    out: dict[str, Tensor] = {}
+    for k, v in model.state_dict().items():
+        if k.startswith("backbone.clip."):
+            out["clip." + k[len("backbone.clip."):]] = v
+        elif k == "temporal.frame_position_embeddings.weight":
+            out["frame_position_embeddings.weight"] = v
+        elif k.startswith("temporal.transformer."):
+            out["transformerClip." + k[len("temporal.transformer."):]] = v
+        elif k.startswith("scorer.psi."):
+            out["agent.psi." + k[len("scorer.psi."):]] = v
+            out["psi." + k[len("scorer.psi."):]] = v
+    return out

@@ -1,0 +1,137 @@
+"""Pairwise GARE scoring (method.md section 3).
+
+For texts ``t [B_t, D]`` and videos ``f [B_v, F, D]`` (temporal-module outputs, frame mask ``[B_v, F]``)::
+
+    w_ijk  = softmax_k(<t_i, f_jk> / T_pool)       over valid frames ("text" pooling; "mean": vhat = vbar)
+    vhat_ij = sum_k w_ijk f_jk
+    vbar_j  = mean of f_jk over valid frames
+    q_ij    = eta (vbar_j - t_i)                   (query="text": q_ij = t_i)
+    Delta_ij = psi(q_ij, C)                         C = frames of video j, or words of text i
+    s_ij    = cos(t_i + Delta_ij, vhat_ij)
+    side="video": q_ij = eta (t_i - vbar_j), s_ij = cos(t_i, vhat_ij + Delta_ij)
+
+``forward`` is the plain reference used in training (dropout active there) and in the tests;
+``similarity`` computes ``[N_t, N_v]`` in blocks so memory stays bounded for any gallery size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import ScorerConfig
+from .increment import IncrementModule
+
+
+@dataclass
+class ScoreOutput:
+    sim: Tensor  # [B_t, B_v] cosine scores
+    delta: Tensor | None = None  # [B_t, B_v, D]
+    corrected: Tensor | None = None  # [B_t, B_v, D]: t + Delta (or vhat + Delta on the video side)
+    log_sigma: Tensor | None = None  # [B_t, B_v, D] when psi has a variance head
+
+
+def masked_mean(f: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean over valid frames: ``f [N, F, D], mask [N, F] -> [N, D]``."""
+    if mask is None:
+        return f.mean(dim=1)
+    m = mask.to(f.dtype).unsqueeze(-1)
+    return (f * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+def check_inputs(t: Tensor, f: Tensor, mask: Tensor | None) -> None:
+    if t.dim() != 2 or f.dim() != 3 or t.shape[-1] != f.shape[-1]:
+        raise ValueError(f"expected text [N_t, D] and video [N_v, F, D], got {tuple(t.shape)} and {tuple(f.shape)}")
+    if mask is not None:
+        if tuple(mask.shape) != tuple(f.shape[:2]):
+            raise ValueError(f"video mask must be [N_v, F] = {tuple(f.shape[:2])}, got {tuple(mask.shape)}")
+        if not bool(mask.bool().any(dim=1).all()):
+            bad = (~mask.bool().any(dim=1)).nonzero().flatten().tolist()[:10]
+            raise ValueError(f"videos {bad} have no valid frame in their mask")
+
+
+class PairScorer(nn.Module):
+    def __init__(self, cfg: ScorerConfig, dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.dim = dim
+        p = cfg.psi
+        self.psi = (IncrementModule(dim, p.heads, p.layers, p.dropout, p.log_sigma_head, p.stochastic)
+                    if cfg.use_delta else None)
+
+    # -- pieces ------------------------------------------------------------------------------
+    def pool(self, t: Tensor, f: Tensor, mask: Tensor | None) -> Tensor:
+        """Pooled video per pair ``vhat [B_t, B_v, D]``."""
+        if self.cfg.pooling == "mean":
+            vbar = masked_mean(f, mask)
+            return vbar.unsqueeze(0).expand(t.shape[0], -1, -1)
+        logits = torch.einsum("td,vfd->tvf", t, f) / self.cfg.pool_temperature
+        if mask is not None:
+            logits = logits.masked_fill(~mask.bool()[None], float("-inf"))
+        w = logits.softmax(dim=-1)
+        return torch.einsum("tvf,vfd->tvd", w, f)
+
+    def query(self, t: Tensor, vbar: Tensor) -> Tensor:
+        eta = self.cfg.eta
+        if self.cfg.query == "text":
+            return t.unsqueeze(1).expand(-1, vbar.shape[0], -1)
+        gap = vbar[None, :, :] - t[:, None, :]
+        return eta * gap if self.cfg.side == "text" else -eta * gap
+
+    def forward(self, t: Tensor, f: Tensor, video_mask: Tensor | None = None,
+                words: Tensor | None = None, word_mask: Tensor | None = None) -> ScoreOutput:
+        """Reference scoring of every pair: ``t [B_t, D], f [B_v, F, D]`` -> :class:`ScoreOutput`."""
+        vhat = self.pool(t, f, video_mask)
+        if self.psi is None:
+            sim = torch.einsum("td,tvd->tv", F.normalize(t, dim=-1), F.normalize(vhat, dim=-1))
+            return ScoreOutput(sim=sim)
+        vbar = masked_mean(f, video_mask)
+        q = self.query(t, vbar)
+        if self.cfg.context == "frames":
+            delta, log_sigma = self.psi(q, f, video_mask, ctx_axis=1)
+        else:
+            if words is None:
+                raise ValueError("context='words' needs the word embeddings of the texts (encode_text(..., "
+                                 "return_words=True))")
+            delta, log_sigma = self.psi(q, words, word_mask, ctx_axis=0)
+        if self.cfg.side == "text":
+            corrected = t[:, None, :] + delta
+            sim = (F.normalize(corrected, dim=-1) * F.normalize(vhat, dim=-1)).sum(-1)
+        else:
+            corrected = vhat + delta
+            sim = (F.normalize(t, dim=-1)[:, None, :] * F.normalize(corrected, dim=-1)).sum(-1)
+        return ScoreOutput(sim=sim, delta=delta, corrected=corrected, log_sigma=log_sigma)
+
+    # -- evaluation ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def similarity(self, t: Tensor, f: Tensor, video_mask: Tensor | None = None, *,
+                   words: Tensor | None = None, word_mask: Tensor | None = None,
+                   block_texts: int | None = None, block_videos: int | None = None,
+                   memory_budget: int = 256 * 2**20) -> Tensor:
+        """``[N_t, N_v]`` cosine scores, computed in blocks (eval mode expected).
+
+        Block sizes default to what keeps the largest per-block tensor (``[bt, bv, F, D]``-sized
+        intermediates) under ``memory_budget`` bytes.
+        """
+        check_inputs(t, f, video_mask)
+        Nt, Nv = t.shape[0], f.shape[0]
+        Fr, D = f.shape[1], f.shape[2]
+        if block_texts is None or block_videos is None:
+            per_pair = 4 * (6 * D + 3 * Fr * max(1, self.cfg.psi.heads))  # bytes of live per-pair tensors
+            pairs = max(1, memory_budget // per_pair)
+            bv = block_videos or min(Nv, max(1, int(pairs ** 0.5)))
+            bt = block_texts or min(Nt, max(1, pairs // bv))
+        else:
+            bt, bv = block_texts, block_videos
+        out = t.new_empty(Nt, Nv)
+        for i in range(0, Nt, bt):
+            ti = t[i:i + bt]
+            wi = words[i:i + bt] if words is not None else None
+            wmi = word_mask[i:i + bt] if word_mask is not None else None
+            for j in range(0, Nv, bv):
+                mj = video_mask[j:j + bv] if video_mask is not None else None
+                out[i:i + bt, j:j + bv] = self.forward(ti, f[j:j + bv], mj, wi, wmi).sim
+        return out
