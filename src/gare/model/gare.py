@@ -115,6 +115,34 @@ class GareModel(nn.Module):
         f = self.encode_frames(frames, mask)
         return self.temporal_forward(f, mask)
 
+    # -- training forward ----------------------------------------------------------------------------
+    def forward(self, ids: Tensor | None = None, frames: Tensor | None = None, mask: Tensor | None = None, *,
+                text_features: Tensor | None = None, frame_features: Tensor | None = None,
+                gather=None, gather_nograd=None) -> ScoreOutput:
+        """One training forward: encode the local batch, optionally all-gather features across ranks
+        (``gather`` keeps gradients), and score every (text, video) pair of the global batch.
+
+        ``ids [B, L]`` or cached ``text_features [B, D]``; ``frames [B, F, 3, H, W]`` or cached per-frame
+        CLIP ``frame_features [B, F, D]``; ``mask [B, F]``. Returns the reference :class:`ScoreOutput`.
+        """
+        words = word_mask = None
+        need_words = self.cfg.scorer.use_delta and self.cfg.scorer.context == "words"
+        if text_features is not None:
+            t = text_features
+        elif need_words:
+            t, words, word_mask = self.backbone.encode_text(ids, return_words=True)
+        else:
+            t = self.backbone.encode_text(ids)
+        f = frame_features if frame_features is not None else self.backbone.encode_frames(frames, mask)
+        f = self.temporal_forward(f, mask)
+        if gather is not None:
+            t, f = gather(t), gather(f)
+            if mask is not None:
+                mask = gather_nograd(mask)
+            if words is not None:
+                words, word_mask = gather(words), gather_nograd(word_mask)
+        return self.scorer(t, f, mask, words, word_mask)
+
     # -- scoring ------------------------------------------------------------------------------
     def score_pairs(self, t: Tensor, v: Tensor, video_mask: Tensor | None = None,
                     words: Tensor | None = None, word_mask: Tensor | None = None) -> ScoreOutput:

@@ -1,0 +1,153 @@
+"""The ``gare`` command: demo, data, train, eval, convert, index, search, serve, bench, plot."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+log = logging.getLogger("gare")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def cmd_train(a) -> int:
+    from .config import load_config
+    from .train.trainer import train
+
+    cfg = load_config(a.config, a.overrides)
+    res = train(cfg)
+    print(json.dumps({k: v for k, v in res.items()}, indent=2, default=str))
+    return 0
+
+
+def cmd_eval(a) -> int:
+    from .evaluate.run import evaluate_checkpoint
+
+    res = evaluate_checkpoint(a.checkpoint, split=a.split, config=a.config, overrides=a.overrides, dsl=a.dsl,
+                              qb_norm=a.qb_norm, two_stage_k=a.two_stage_k, out=a.out, device=a.device)
+    print(res["markdown"])
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from .demo import run_demo
+
+    run_demo(out=a.out, data_dir=a.data, steps=a.steps, videos=a.videos, quick=a.quick)
+    return 0
+
+
+def cmd_convert(a) -> int:
+    from .model.gare import load_model
+
+    model = load_model(a.src, device="cpu", **dict(kv.split("=", 1) for kv in a.overrides))
+    model.save(a.dst)
+    print(f"wrote {a.dst}")
+    return 0
+
+
+def cmd_features(a) -> int:
+    from .config import load_config
+    from .train.features import extract_features
+
+    cfg = load_config(a.config, a.overrides)
+    print(extract_features(cfg, a.out))
+    return 0
+
+
+def cmd_plot(a) -> int:
+    from .plots import plot_run
+
+    for p in plot_run(a.run_dir):
+        print(p)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gare", description="GARE text-video retrieval")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="generate the moving-shapes data, train GARE and the baseline, report")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--data", default="data/shapes")
+    d.add_argument("--steps", type=int, default=None, help="training steps per model (default: the recipe's)")
+    d.add_argument("--videos", type=int, default=None)
+    d.add_argument("--quick", action="store_true", help="tiny sizes (used by the tests)")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train with a YAML recipe and key=value overrides")
+    t.add_argument("config")
+    t.add_argument("overrides", nargs="*")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint on a split")
+    e.add_argument("checkpoint")
+    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--config", default=None, help="recipe (default: the run config stored in the checkpoint)")
+    e.add_argument("--dsl", action="store_true", help="add a row with dual-softmax post-processing")
+    e.add_argument("--qb-norm", action="store_true", help="add a row with QB-Norm (query bank: training captions)")
+    e.add_argument("--two-stage-k", type=int, default=None)
+    e.add_argument("--out", default=None, help="folder for results.json and results.md")
+    e.add_argument("--device", default="auto")
+    e.add_argument("overrides", nargs="*")
+    e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("convert", help="official GARE / OpenAI CLIP weights -> gare checkpoint")
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.add_argument("overrides", nargs="*")
+    c.set_defaults(func=cmd_convert)
+
+    data = sub.add_parser("data", help="dataset tools")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    try:
+        from .data.commands import add_data_commands
+
+        add_data_commands(dsub)
+    except ImportError as exc:  # pragma: no cover - the data layer is part of the package
+        log.debug("data commands unavailable: %s", exc)
+    f = dsub.add_parser("features", help="extract frozen CLIP features for cached-feature training")
+    f.add_argument("config")
+    f.add_argument("--out", required=True)
+    f.add_argument("overrides", nargs="*")
+    f.set_defaults(func=cmd_features)
+
+    pl = sub.add_parser("plot", help="render a run's curves and diagnostics as PNG")
+    pl.add_argument("run_dir")
+    pl.set_defaults(func=cmd_plot)
+
+    try:
+        from .search.commands import add_search_commands
+
+        add_search_commands(sub)
+    except ImportError as exc:
+        log.debug("search commands unavailable: %s", exc)
+    try:
+        from .bench import add_bench_command
+
+        add_bench_command(sub)
+    except ImportError as exc:
+        log.debug("bench command unavailable: %s", exc)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    _setup_logging(a.verbose)
+    from .config import ConfigError
+
+    try:
+        return a.func(a) or 0
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"gare: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""``gare eval``: a checkpoint on a split with the dataset's protocol, t2v and v2t, optional labelled rows."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from ..config import ConfigError, _coerce, apply_overrides, load_config
+from .protocol import EncodedSplit, encode_texts, encode_videos, evaluate_encoded, metrics_table
+
+log = logging.getLogger(__name__)
+
+
+def run_config_of(checkpoint: Path):
+    from ..model.gare import read_checkpoint
+
+    _, meta = read_checkpoint(checkpoint)
+    if "run_config" not in meta:
+        return None
+    d = json.loads(meta["run_config"])
+    d.pop("_run", None)
+    return d
+
+
+def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", config: str | None = None,
+                        overrides: list[str] | None = None, dsl: bool = False, qb_norm: bool = False,
+                        two_stage_k: int | None = None, out: str | Path | None = None, device: str = "auto") -> dict:
+    from ..config import Config
+    from ..data.loader import VideoDataset, collate
+    from ..data.video import FrameTransform
+    from ..model.gare import load_model
+    from ..train.data import resolve_data
+    from ..train.trainer import resolve_device
+
+    ckpt = Path(checkpoint)
+    if ckpt.is_dir():
+        ckpt = ckpt / "best.safetensors"
+    if not ckpt.exists():
+        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
+    if config:
+        cfg = load_config(config, overrides)
+    else:
+        d = run_config_of(ckpt)
+        if d is None:
+            raise ConfigError(f"{ckpt} carries no run config; pass --config RECIPE to say which data to evaluate on")
+        cfg = _coerce(apply_overrides(d, overrides or []), Config, "")
+    dev = resolve_device(device)
+    model = load_model(ckpt, device=dev)
+    data = resolve_data(cfg, splits=tuple(sorted({split, "train"})) if qb_norm else (split,),
+                        image_size=model.image_size)
+    sp = data.splits[split]
+    texts, qv = sp.queries()
+    tf = FrameTransform(model.image_size, train=False)
+    vds = VideoDataset(sp, framerate=cfg.data.framerate, max_frames=cfg.data.max_frames, transform=tf,
+                       store=data.store)
+    t = encode_texts(model, texts)
+    v, m = encode_videos(model, vds, batch_size=cfg.train.eval_batch_size, workers=cfg.data.workers, collate=collate)
+    enc = EncodedSplit(texts, list(qv), t, v, m)
+    bank = None
+    if qb_norm:
+        out_dir = Path(out) if out else ckpt.parent
+        cache = out_dir / f"qb_bank_{split}.pt"
+        if cache.exists():
+            bank = torch.load(cache, map_location="cpu")
+        else:
+            bank_texts = sorted({c for _, c in data.splits["train"].train_pairs()})[:5000]
+            tb = encode_texts(model, bank_texts)
+            bank = model.similarity(tb, v, m).float().cpu()
+            out_dir.mkdir(parents=True, exist_ok=True)
+            torch.save(bank, cache)
+    res = evaluate_encoded(model, enc, dsl=dsl, qb_bank=bank, two_stage_k=two_stage_k)
+    label = f"{ckpt.name} ({cfg.data.dataset} {split}" + (f", two-stage K={two_stage_k}" if two_stage_k else "") + ")"
+    rows = {label: res}
+    for k, r in res.get("extra", {}).items():
+        rows[k] = r
+    res["markdown"] = metrics_table(rows)
+    res["protocol"] = sp.protocol
+    if out:
+        o = Path(out)
+        o.mkdir(parents=True, exist_ok=True)
+        (o / "results.json").write_text(json.dumps(res, indent=2, default=float))
+        (o / "results.md").write_text(res["markdown"] + "\n")
+    return res

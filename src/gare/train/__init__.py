@@ -1,0 +1,1 @@
+"""Training engine: one code path for one CPU, one GPU, or N processes under torchrun (DDP)."""

@@ -1,0 +1,375 @@
+"""The training loop (method.md section 5): plain PyTorch, one code path for CPU, one GPU and torchrun.
+
+Run directory: ``config.yaml`` (resolved), ``metrics.jsonl`` (every logged step: step, lr, loss and each
+objective term, throughput; every validation), TensorBoard events, ``last.safetensors`` + ``last_state.pt``
+(resume), ``best.safetensors`` (best validation R@1), ``results.json`` (final test of the best checkpoint),
+``data_report.json`` (inputs that could not be used).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ..config import Config, ConfigError, config_to_dict
+from ..model.gare import GareModel
+from ..objectives import GareLossConfig, gare_loss
+from . import distributed as dist_utils
+from .checkpoint import load_training_state, save_training_checkpoint
+from .data import EpochSampler, SeededItems, make_loader, resolve_data, train_pairs
+from .optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but CUDA is not available on this machine; use train.device=cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if precision in ("bf16", "auto"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_033 + step * 97) % (2**31 - 1)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, *, show_progress: bool = True):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.train.device)
+        self.dist = dist_utils.init_distributed(self.device.type)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
+        tc = cfg.train
+        if tc.batch_size % self.dist.world_size:
+            raise ConfigError(f"train.batch_size={tc.batch_size} must be divisible by the {self.dist.world_size} ranks")
+        self.run_dir = Path(tc.output_dir)
+        self.show_progress = show_progress and self.dist.is_main
+        torch.manual_seed(tc.seed)
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        dist_utils.barrier()
+
+        self.model = GareModel(cfg.model).to(self.device)
+        if tc.freeze_backbone or tc.features:
+            for p in self.model.backbone.parameters():
+                p.requires_grad_(False)
+        self.loss_cfg = GareLossConfig(**asdict(cfg.loss))
+        self.amp_dtype = autocast_dtype(tc.precision, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self._setup_data()
+        self.optimizer = build_optimizer(self.model, tc)
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, tc.warmup_ratio)
+        self.ddp = (DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                    if self.dist.enabled and any(p.requires_grad for p in self.model.parameters()) else None)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.best = {"R1": -1.0, "step": -1}
+        self.history: list[dict] = []
+        self._tb = None
+        if tc.resume:
+            self._resume()
+
+    # -- data ---------------------------------------------------------------------------------------
+    def _setup_data(self) -> None:
+        from ..data.loader import TrainPairDataset, VideoDataset, collate
+        from ..data.video import FrameTransform
+
+        cfg, tc = self.cfg, self.cfg.train
+        size = self.model.image_size
+        self.data = resolve_data(cfg, image_size=size)
+        train_split = self.data.splits["train"]
+        pairs, self.corrupted = train_pairs(cfg, train_split)
+        self.collate = collate
+        self.video_kwargs = dict(framerate=cfg.data.framerate, max_frames=cfg.data.max_frames, store=self.data.store)
+        if tc.features:
+            from .features import FeaturePairDataset, feature_collate, load_features
+
+            self.features = load_features(tc.features, self.model, cfg)
+            ds = FeaturePairDataset(self.features, train_split, pairs)
+            self.collate = feature_collate
+        else:
+            self.features = None
+            ds = TrainPairDataset(train_split, transform=FrameTransform(size, train=cfg.data.augment),
+                                  pairs=pairs, **self.video_kwargs)
+        self.train_ds = SeededItems(ds, tc.seed)
+        self.sampler = EpochSampler(len(ds), tc.batch_size, tc.seed, self.dist.rank, self.dist.world_size)
+        per_epoch = self.sampler.batches_per_epoch()
+        if per_epoch == 0:
+            raise ConfigError(f"train.batch_size={tc.batch_size} exceeds the {len(ds)} training pairs")
+        self.steps_per_epoch = per_epoch
+        self.total_steps = tc.max_steps if tc.max_steps else max(1, int(math.ceil(tc.epochs * per_epoch)))
+        self.eval_transform = FrameTransform(size, train=False)
+        self.video_ds = {s: VideoDataset(self.data.splits[s], transform=self.eval_transform, **self.video_kwargs)
+                         for s in ("val", "test")}
+        self.tokenize = self.model.backbone.tokenize
+
+    # -- resume ---------------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        state = load_training_state(self.run_dir)
+        if state is None:
+            log.info("resume=true but %s has no checkpoint yet: starting from scratch", self.run_dir)
+            return
+        from ..model.gare import read_checkpoint
+        from ..model.weights import load_state_dict_strict
+
+        tensors, _ = read_checkpoint(self.run_dir / "last.safetensors")
+        load_state_dict_strict(self.model, tensors, source=str(self.run_dir / "last.safetensors"))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.best = state["best"]
+        log.info("resumed from step %d (epoch %d, batch %d)", self.step, self.epoch, self.batch_in_epoch)
+
+    # -- logging --------------------------------------------------------------------------------------
+    def _log(self, record: dict) -> None:
+        self.history.append(record)
+        if not self.dist.is_main:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.cfg.train.tensorboard:
+            if self._tb is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.run_dir / "tb"))
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step",):
+                    self._tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, record["step"])
+
+    def _write_config(self) -> None:
+        if not self.dist.is_main:
+            return
+        d = config_to_dict(self.cfg)
+        d["_run"] = {"world_size": self.dist.world_size, "device": str(self.device), "decoder": self.cfg.data.decoder,
+                     "framerate": self.cfg.data.framerate, "total_steps": self.total_steps,
+                     "steps_per_epoch": self.steps_per_epoch, "torch": torch.__version__,
+                     "amp": str(self.amp_dtype), "corrupted_captions": len(self.corrupted)}
+        with open(self.run_dir / "config.yaml", "w") as fh:
+            yaml.safe_dump(d, fh, sort_keys=False)
+
+    # -- one step -------------------------------------------------------------------------------------
+    def _forward_loss(self, batch: dict):
+        module = self.ddp if self.ddp is not None else self.model
+        gather = dist_utils.all_gather_with_grad if self.dist.enabled else None
+        gnog = dist_utils.all_gather_nograd if self.dist.enabled else None
+        mask = batch["mask"].to(self.device)
+        kw = dict(mask=mask, gather=gather, gather_nograd=gnog)
+        if self.features is not None:
+            kw.update(text_features=batch["text_features"].to(self.device),
+                      frame_features=batch["frame_features"].to(self.device))
+        else:
+            ids = self.tokenize(batch["caption"]).to(self.device)
+            kw.update(ids=ids, frames=batch["frames"].to(self.device))
+        vid = batch["video_index"].to(self.device)
+        if self.dist.enabled:
+            vid = dist_utils.all_gather_nograd(vid)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            out = module(**kw)
+        sim = out.sim.float()
+        delta = out.delta.float() if out.delta is not None else None
+        corrected = out.corrected if self.loss_cfg.lambda_gs > 0 else None
+        total, terms = gare_loss(sim, delta, self.model.logit_scale, self.loss_cfg, corrected=corrected,
+                                 video_ids=vid)
+        return total, terms, out, vid
+
+    def train_step(self, batch: dict) -> dict:
+        tc = self.cfg.train
+        self.model.train()
+        torch.manual_seed(step_seed(tc.seed, self.step))  # dropout: same stream after a resume
+        t0 = time.perf_counter()
+        total, terms, out, vid = self._forward_loss(batch)
+        if not torch.isfinite(total):
+            vals = {k: float(v) for k, v in terms.items()}
+            raise TrainingDiverged(
+                f"non-finite loss at step {self.step} (terms {vals}); stopped. The last good checkpoint is "
+                f"{self.run_dir / 'last.safetensors'} (resume with train.resume=true after lowering train.lr)")
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            total.backward()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        gnorm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip) if tc.grad_clip > 0 else torch.tensor(0.0)
+        diag = {}
+        if tc.diagnostics and self.dist.is_main and self.step % tc.log_every == 0:
+            diag = self._diagnostics(batch, out, vid)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(max=math.log(tc.logit_scale_max))
+        dt = time.perf_counter() - t0
+        rec = {"kind": "train", "step": self.step, "epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
+               "lr_new": self._lr_of("new"), "lr_clip": self._lr_of("clip"), "loss": float(total),
+               **{k: float(v) for k, v in terms.items()}, "grad_norm": float(gnorm),
+               "logit_scale": float(self.model.logit_scale.exp()), "samples_per_s": tc.batch_size / max(dt, 1e-9)}
+        rec.update(diag)
+        return rec
+
+    def _lr_of(self, prefix: str) -> float | None:
+        for g in self.optimizer.param_groups:
+            if g.get("name", "").startswith(prefix):
+                return g["lr"]
+        return None
+
+    def _diagnostics(self, batch, out, vid) -> dict:
+        try:
+            from .diagnose import step_diagnostics
+
+            return step_diagnostics(self, batch, out, vid)
+        except Exception as e:  # noqa: BLE001 - diagnostics must never stop training
+            log.warning("diagnostics failed at step %d: %s", self.step, e)
+            return {}
+
+    # -- evaluation -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, split: str, model: GareModel | None = None, **kw) -> dict:
+        from ..evaluate.protocol import EncodedSplit, encode_texts, encode_videos, evaluate_encoded
+
+        model = model or self.model
+        model.eval()
+        sp = self.data.splits[split]
+        texts, qv = sp.queries()
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            t = encode_texts(model, texts, rank=self.dist.rank, world=self.dist.world_size)
+            v, m = encode_videos(model, self.video_ds[split], batch_size=self.cfg.train.eval_batch_size,
+                                 workers=self.cfg.data.workers, rank=self.dist.rank, world=self.dist.world_size,
+                                 collate=self.collate_eval)
+        enc = EncodedSplit(texts, list(qv), t.float(), v.float(), m)
+        return evaluate_encoded(model, enc, **kw)
+
+    @staticmethod
+    def collate_eval(items):
+        from ..data.loader import collate
+
+        return collate(items)
+
+    def _validate(self) -> dict:
+        res = self.evaluate("val")
+        rec = {"kind": "val", "step": self.step, "epoch": self.epoch, **{f"t2v_{k}": v for k, v in res["t2v"].items()},
+               **{f"v2t_{k}": v for k, v in res["v2t"].items()}}
+        self._log(rec)
+        if res["t2v"]["R1"] > self.best["R1"]:
+            self.best = {"R1": res["t2v"]["R1"], "step": self.step}
+            if self.dist.is_main:
+                self.model.save(self.run_dir / "best.safetensors",
+                                extra_metadata={"run_config": json.dumps(config_to_dict(self.cfg)),
+                                                "step": str(self.step)})
+        return res
+
+    def _checkpoint(self) -> None:
+        if self.dist.is_main:
+            save_training_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler, step=self.step,
+                                     epoch=self.epoch, batch_in_epoch=self.batch_in_epoch, best=self.best,
+                                     run_config=config_to_dict(self.cfg), scaler=self.scaler)
+        dist_utils.barrier()
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def fit(self, *, final_test: bool = True, stop_after: int | None = None) -> dict:
+        """Train to ``total_steps`` (``stop_after``: stop early after that many steps of this call,
+        as if killed, used by the resume test). Returns the results dict."""
+        tc = self.cfg.train
+        self._write_config()
+        eval_every = tc.eval_every or self.steps_per_epoch
+        save_every = tc.save_every or eval_every
+        bar = None
+        if self.show_progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, desc=self.cfg.name, dynamic_ncols=True)
+        t_start = time.perf_counter()
+        done_here = 0
+        while self.step < self.total_steps:
+            self.sampler.epoch = self.epoch
+            self.train_ds.epoch = self.epoch
+            self.sampler.start_batch = self.batch_in_epoch
+            loader = make_loader(self.train_ds, batch_size=tc.batch_size // self.dist.world_size,
+                                 sampler=self.sampler, workers=self.cfg.data.workers, collate=self.collate)
+            for batch in loader:
+                rec = self.train_step(batch)
+                self.step += 1
+                self.batch_in_epoch += 1
+                done_here += 1
+                if self.batch_in_epoch >= self.steps_per_epoch:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                if (self.step - 1) % tc.log_every == 0 or self.step == self.total_steps:
+                    self._log(rec)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{rec['loss']:.3f}", nce=f"{rec['nce']:.3f}", lr=f"{rec['lr']:.2e}")
+                last = self.step == self.total_steps
+                if self.step % eval_every == 0 or last:
+                    self._validate()
+                if self.step % save_every == 0 or last:
+                    self._checkpoint()
+                if last or (stop_after is not None and done_here >= stop_after):
+                    break
+            if stop_after is not None and done_here >= stop_after:
+                break
+        if bar is not None:
+            bar.close()
+        results = {"best_val": self.best, "train_seconds": time.perf_counter() - t_start, "steps": self.step}
+        if final_test and self.step >= self.total_steps:
+            best_path = self.run_dir / "best.safetensors"
+            dist_utils.barrier()
+            from ..model.gare import load_model
+
+            best = load_model(best_path, device=self.device) if best_path.exists() else self.model
+            results["test"] = self.evaluate("test", model=best)
+            if self.dist.is_main:
+                with open(self.run_dir / "results.json", "w") as fh:
+                    json.dump(results, fh, indent=2)
+        self._write_data_report()
+        if self._tb is not None:
+            self._tb.close()
+        return results
+
+    def _write_data_report(self) -> None:
+        if not self.dist.is_main:
+            return
+        report = {"corrupted_captions": len(self.corrupted)}
+        rep = getattr(self.data.store, "report", None)
+        if rep is not None and hasattr(rep, "to_dict"):
+            report["frame_store"] = rep.to_dict()
+        with open(self.run_dir / "data_report.json", "w") as fh:
+            json.dump(report, fh, indent=2)
+
+
+def train(cfg: Config, **kw) -> dict:
+    trainer = Trainer(cfg, **kw)
+    try:
+        return trainer.fit()
+    finally:
+        dist_utils.cleanup()
