@@ -166,7 +166,18 @@ class ClipBackbone(nn.Module):
         """``frames [N, F, 3, H, W]`` normalized -> per-frame embeddings ``[N, F, D]``."""
         if frames.dim() != 5:
             raise ValueError(f"frames must be [N, F, 3, H, W], got shape {tuple(frames.shape)}")
+        size = self.image_size
+        hw = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+        if tuple(frames.shape[-2:]) != hw:
+            raise ValueError(f"frames must be {hw[0]}x{hw[1]} pixels (the CLIP input size), got "
+                             f"{tuple(frames.shape[-2:])}: resize them when decoding")
         N, Fr = frames.shape[:2]
+        if mask is not None:
+            if tuple(mask.shape) != (N, Fr):
+                raise ValueError(f"frame mask must be [N, F] = {(N, Fr)}, got {tuple(mask.shape)}")
+            empty = (~mask.bool().any(dim=1)).nonzero().flatten().tolist()
+            if empty:
+                raise ValueError(f"videos {empty[:10]} have no valid frame in their mask")
         flat = frames.reshape(N * Fr, *frames.shape[2:])
         if mask is None:
             emb = self.clip.visual(flat)
