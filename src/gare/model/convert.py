@@ -16,7 +16,7 @@ from typing import Any
 from torch import Tensor
 
 from ..config import ModelConfig, _coerce, apply_overrides
-from .backbone import OPENAI_EXTRA_KEYS, infer_openai_arch
+from .backbone import OPENAI_EXTRA_KEYS, _merge_heads, arch_config, infer_openai_arch
 from .weights import CheckpointError, load_state_dict_strict
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,9 @@ def official_to_project(sd: dict[str, Tensor], *, log_sigma_head: bool) -> tuple
 def official_model_config(sd: dict[str, Tensor], overrides: dict[str, Any] | None = None) -> ModelConfig:
     clip_sd = {k[5:]: v for k, v in sd.items() if k.startswith("clip.")}
     arch_cfg = infer_openai_arch(clip_sd)
+    named = (overrides or {}).get("backbone.arch")
+    if named:  # head counts cannot be read off the weights: take them from the named architecture
+        arch_cfg = _merge_heads(arch_config(named), arch_cfg)
     tlayers = len({k.split(".")[2] for k in sd if k.startswith("transformerClip.resblocks.")})
     players = len({k.split(".")[3] for k in sd if re.match(r"^agent\.psi\.layers\.\d+\.cross_attn\.", k)})
     d = {
@@ -82,12 +85,20 @@ def load_official_gare(sd: dict[str, Tensor], *, source: str, overrides: dict[st
     model = GareModel(cfg)
     mapped, ignored = official_to_project(sd, log_sigma_head=cfg.scorer.psi.log_sigma_head)
     if ignored:
+        names = sorted({re.sub(r"\.(weight|bias)$", ".*", k) for k in ignored if not k.startswith("psi.")})
+        if any(k.startswith("psi.") for k in ignored):
+            names.append("psi.* (a copy of agent.psi.*)")
         log.warning("%s: ignored %d tensors the official release stores but never uses: %s", source, len(ignored),
-                    ", ".join(sorted({re.sub(r"\.(weight|bias)$", ".*", k) for k in ignored})[:12]))
+                    ", ".join(names[:12]))
     try:
         load_state_dict_strict(model, mapped, source=source, allow_missing=("backbone.clip.logit_bias",))
     except CheckpointError as e:
-        raise CheckpointError(f"{e} (official GARE layout expected)") from None
+        msg = str(e)  # name the tensors as the official file does, not as this project's model does
+        for ours, theirs in (("backbone.clip.", "clip."), ("temporal.transformer.", "transformerClip."),
+                             ("temporal.frame_position_embeddings.", "frame_position_embeddings."),
+                             ("scorer.psi.", "agent.psi.")):
+            msg = msg.replace(ours, theirs)
+        raise CheckpointError(f"{msg} (official GARE layout expected)") from None
     return model
 
 

@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ..config import ModelConfig, _coerce, apply_overrides
+from ..config import Config, ModelConfig, _coerce, apply_overrides, validate
 from .backbone import ClipBackbone, make_backbone
 from .scorer import PairScorer, ScoreOutput, check_inputs, masked_mean
 from .temporal import build_temporal
@@ -40,6 +40,7 @@ class GareModel(nn.Module):
     def __init__(self, cfg: ModelConfig | None = None, backbone: ClipBackbone | None = None):
         super().__init__()
         cfg = cfg or ModelConfig()
+        validate(Config(model=cfg))  # choices and ranges, also for configs built in code or by load_model overrides
         self.cfg = cfg
         b = cfg.backbone
         if backbone is None:
