@@ -308,7 +308,8 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, *,
+                _chain: tuple[Path, ...] = ()) -> Config:
     """Read a YAML recipe (``base: other.yaml`` inherits) and apply overrides; validates everything."""
     data: dict = {}
     if path is not None:
@@ -324,7 +325,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: top level must be a mapping of sections")
         base = data.pop("base", None)
         if base is not None:
-            parent = load_config(path.parent / base)
+            chain = (*_chain, path.resolve())
+            if (path.parent / str(base)).resolve() in chain:
+                raise ConfigError(f"{path}: 'base: {base}' makes a cycle: " + " -> ".join(p.name for p in chain)
+                                  + f" -> {Path(str(base)).name}")
+            parent = load_config(path.parent / str(base), _chain=chain)
             data = _merge(config_to_dict(parent), data)
     data = apply_overrides(data, overrides or [])
     return config_from_dict(data)
