@@ -126,6 +126,7 @@ class BadInputReport:
 
         Args:
             total: size of the population the entries come from (videos of the split, captions, ...).
+                Identical entries (same kind, split, item and reason) count once.
             what: words for that population, used in the message ("videos of msrvtt/test").
             kinds: only count these kinds (default: all).
             split: only count entries recorded for this split.
@@ -133,8 +134,13 @@ class BadInputReport:
         """
         kinds = set(kinds) if kinds is not None else None
         pool = self.all_entries() if entries is None else entries
-        sel = [e for e in pool
-               if (kinds is None or e["kind"] in kinds) and (split is None or e.get("split") == split)]
+        sel, seen = [], set()
+        for e in pool:
+            if (kinds is None or e["kind"] in kinds) and (split is None or e.get("split") == split):
+                key = (e["kind"], e.get("split"), e["item"], e["reason"])
+                if key not in seen:  # several workers may record the same failure
+                    seen.add(key)
+                    sel.append(e)
         n = len(sel)
         if n == 0 or n <= self.threshold * total:
             return
