@@ -32,6 +32,9 @@ class ScoreOutput:
     delta: Tensor | None = None  # [B_t, B_v, D]
     corrected: Tensor | None = None  # [B_t, B_v, D]: t + Delta (or vhat + Delta on the video side)
     log_sigma: Tensor | None = None  # [B_t, B_v, D] when psi has a variance head
+    t: Tensor | None = None  # [B_t, D] the text embeddings that were scored
+    vhat: Tensor | None = None  # [B_t, B_v, D] pooled video per pair
+    vbar: Tensor | None = None  # [B_v, D] mean over valid frames
 
 
 def masked_mean(f: Tensor, mask: Tensor | None) -> Tensor:
@@ -87,7 +90,7 @@ class PairScorer(nn.Module):
         vhat = self.pool(t, f, video_mask)
         if self.psi is None:
             sim = torch.einsum("td,tvd->tv", F.normalize(t, dim=-1), F.normalize(vhat, dim=-1))
-            return ScoreOutput(sim=sim)
+            return ScoreOutput(sim=sim, t=t, vhat=vhat)
         vbar = masked_mean(f, video_mask)
         q = self.query(t, vbar)
         if self.cfg.context == "frames":
@@ -103,7 +106,7 @@ class PairScorer(nn.Module):
         else:
             corrected = vhat + delta
             sim = (F.normalize(t, dim=-1)[:, None, :] * F.normalize(corrected, dim=-1)).sum(-1)
-        return ScoreOutput(sim=sim, delta=delta, corrected=corrected, log_sigma=log_sigma)
+        return ScoreOutput(sim=sim, delta=delta, corrected=corrected, log_sigma=log_sigma, t=t, vhat=vhat, vbar=vbar)
 
     # -- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()

@@ -105,7 +105,9 @@ class Trainer:
         train_split = self.data.splits["train"]
         pairs, self.corrupted = train_pairs(cfg, train_split)
         self.collate = collate
-        self.video_kwargs = dict(framerate=cfg.data.framerate, max_frames=cfg.data.max_frames, store=self.data.store)
+        self.video_kwargs = dict(framerate=cfg.data.framerate, max_frames=cfg.data.max_frames, store=self.data.store,
+                                 backend=cfg.data.decoder, report=self.run_dir,
+                                 max_bad_fraction=cfg.data.bad_input_threshold)
         if tc.features:
             from .features import FeaturePairDataset, feature_collate, load_features
 
@@ -169,7 +171,7 @@ class Trainer:
         d = config_to_dict(self.cfg)
         d["_run"] = {"world_size": self.dist.world_size, "device": str(self.device), "decoder": self.cfg.data.decoder,
                      "framerate": self.cfg.data.framerate, "total_steps": self.total_steps,
-                     "steps_per_epoch": self.steps_per_epoch, "torch": torch.__version__,
+                     "steps_per_epoch": self.steps_per_epoch, "torch": str(torch.__version__),
                      "amp": str(self.amp_dtype), "corrupted_captions": len(self.corrupted)}
         with open(self.run_dir / "config.yaml", "w") as fh:
             yaml.safe_dump(d, fh, sort_keys=False)
@@ -231,7 +233,7 @@ class Trainer:
             self.model.logit_scale.clamp_(max=math.log(tc.logit_scale_max))
         dt = time.perf_counter() - t0
         rec = {"kind": "train", "step": self.step, "epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
-               "lr_new": self._lr_of("new"), "lr_clip": self._lr_of("clip"), "loss": float(total),
+               "lr_new": self._lr_of("new"), "lr_clip": self._lr_of("clip"), "loss": float(total.detach()),
                **{k: float(v) for k, v in terms.items()}, "grad_norm": float(gnorm),
                "logit_scale": float(self.model.logit_scale.exp()), "samples_per_s": tc.batch_size / max(dt, 1e-9)}
         rec.update(diag)

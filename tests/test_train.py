@@ -1,0 +1,161 @@
+"""Training engine: schedule, resume equivalence, NaN stop, bad configs, reduced demo end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from gare.config import ConfigError, load_config
+from gare.model.gare import read_checkpoint
+from gare.train.optim import lr_factor
+
+MICRO_ARCH = ("model.backbone.arch_cfg={embed_dim: 16, vision_cfg: {image_size: 32, layers: 1, width: 16, "
+              "patch_size: 16, head_width: 8}, text_cfg: {context_length: 77, vocab_size: 49408, width: 16, "
+              "heads: 2, layers: 1}}")
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory):
+    from gare.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("shapes")
+    generate(root, n_videos=40, seed=3)
+    return root
+
+
+def micro_cfg(shapes_dir, out, *extra):
+    return load_config("configs/demo.yaml", [
+        f"data.videos={shapes_dir}", "data.synthetic_videos=40", "data.synthetic_seed=3", f"train.output_dir={out}",
+        MICRO_ARCH, "model.temporal.layers=1", "data.max_frames=4", "train.batch_size=8", "train.max_steps=6",
+        "train.eval_every=3", "train.log_every=1", "train.tensorboard=false", "model.scorer.psi.dropout=0.3",
+        "data.augment=true", *extra])
+
+
+def test_lr_schedule_warmup_then_cosine_over_real_steps():
+    total, warm = 200, 0.1
+    f = [lr_factor(s, total, warm) for s in range(total)]
+    assert f[0] == pytest.approx(1 / 20)
+    assert f[19] == pytest.approx(1.0)
+    assert max(f) == pytest.approx(1.0)
+    assert f[20] == pytest.approx(1.0)
+    mid = 20 + (total - 20) // 2
+    assert f[mid] == pytest.approx(0.5, abs=0.01)
+    assert f[-1] < 1e-3 and all(a >= b for a, b in zip(f[20:], f[21:]))
+
+
+def test_total_steps_follow_dataset_size(shapes_dir, tmp_path):
+    from gare.train.trainer import Trainer
+
+    cfg = micro_cfg(shapes_dir, tmp_path / "r", "train.max_steps=null", "train.epochs=2.5")
+    tr = Trainer(cfg, show_progress=False)
+    n_pairs = len(tr.train_ds)
+    assert tr.steps_per_epoch == n_pairs // 8
+    assert tr.total_steps == math.ceil(2.5 * tr.steps_per_epoch)
+    # the scheduler's horizon is the real number of steps, not a hard-coded epoch count
+    lam = tr.scheduler.lr_lambdas[0]
+    assert lam(tr.total_steps - 1) < 0.05 and lam(int(0.1 * tr.total_steps)) > 0.9
+
+
+def _weights(path):
+    t, _ = read_checkpoint(path)
+    return t
+
+
+def test_kill_and_resume_equals_uninterrupted_run(shapes_dir, tmp_path):
+    from gare.train.trainer import Trainer
+
+    full = Trainer(micro_cfg(shapes_dir, tmp_path / "full"), show_progress=False)
+    full.fit(final_test=False)
+    part = Trainer(micro_cfg(shapes_dir, tmp_path / "resumed"), show_progress=False)
+    part.fit(final_test=False, stop_after=4)  # "killed" after 4 of 6 steps (last checkpoint at step 3)
+    assert part.step == 4
+    again = Trainer(micro_cfg(shapes_dir, tmp_path / "resumed", "train.resume=true"), show_progress=False)
+    assert again.step == 3  # restarts from the last checkpoint written
+    again.fit(final_test=False)
+    a, b = _weights(tmp_path / "full" / "last.safetensors"), _weights(tmp_path / "resumed" / "last.safetensors")
+    assert set(a) == set(b)
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert worst == 0.0, f"resumed run differs from the uninterrupted one by {worst}"
+    # and the run really trained (weights moved away from their initial values)
+    init = Trainer(micro_cfg(shapes_dir, tmp_path / "init"), show_progress=False).model.state_dict()
+    moved = max(float((a[k].float() - init[k].float()).abs().max()) for k in a if k.startswith("scorer."))
+    assert moved > 1e-4
+
+
+def test_run_directory_contents_and_logged_terms(shapes_dir, tmp_path):
+    from gare.train.trainer import train
+
+    res = train(micro_cfg(shapes_dir, tmp_path / "run"))
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.jsonl", "last.safetensors", "last_state.pt", "best.safetensors",
+                 "results.json", "data_report.json"):
+        assert (run / name).exists(), name
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    tr = [r for r in recs if r["kind"] == "train"]
+    assert len(tr) == 6 and [r["step"] for r in tr] == list(range(6))
+    for key in ("lr", "loss", "nce", "ib", "radius", "direction", "gs", "samples_per_s"):
+        assert key in tr[0]
+    # total = nce + weighted terms (beta 1e-4, lambdas 0.01)
+    r = tr[2]
+    assert r["loss"] == pytest.approx(r["nce"] + 1e-4 * r["ib"] + 0.01 * r["radius"] + 0.01 * r["direction"],
+                                      rel=1e-5, abs=1e-6)
+    assert sum(1 for r in recs if r["kind"] == "val") == 2
+    assert 0.0 <= res["test"]["t2v"]["R1"] <= 100.0
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(shapes_dir, tmp_path, monkeypatch):
+    from gare.train import trainer as trainer_mod
+
+    real = trainer_mod.gare_loss
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        total, terms = real(*a, **k)
+        calls["n"] += 1
+        if calls["n"] == 5:
+            total = total * float("nan")
+        return total, terms
+
+    monkeypatch.setattr(trainer_mod, "gare_loss", flaky)
+    tr = trainer_mod.Trainer(micro_cfg(shapes_dir, tmp_path / "nan", "train.save_every=1"), show_progress=False)
+    with pytest.raises(trainer_mod.TrainingDiverged, match="non-finite loss at step 4"):
+        tr.fit(final_test=False)
+    state = torch.load(tmp_path / "nan" / "last_state.pt", weights_only=False)
+    assert state["step"] == 4  # the checkpoint of the last good step survives
+    w = _weights(tmp_path / "nan" / "last.safetensors")
+    assert all(torch.isfinite(v.float()).all() for v in w.values())
+
+
+def test_bad_configs_name_the_key_or_path(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key 'train.bach_size'.*did you mean 'train.batch_size'"):
+        load_config("configs/demo.yaml", ["train.bach_size=4"])
+    with pytest.raises(ConfigError, match="'train.max_steps' must be an integer"):
+        load_config("configs/demo.yaml", ["train.max_steps=many"])
+    with pytest.raises(ConfigError, match="model.scorer.pooling"):
+        load_config("configs/demo.yaml", ["model.scorer.pooling=max"])
+    from gare.train.trainer import Trainer
+
+    cfg = load_config("configs/msrvtt.yaml", [f"data.annotations={tmp_path}/nowhere", "model.backbone.weights=null",
+                                              "model.backbone.arch=tiny", "model.temporal.layers=1"])
+    with pytest.raises(ConfigError, match="data.annotations path does not exist: .*nowhere"):
+        Trainer(cfg, show_progress=False)
+
+
+def test_reduced_demo_end_to_end(shapes_dir, tmp_path):
+    from gare.demo import run_demo
+
+    rep = run_demo(out=tmp_path / "demo", data_dir=str(shapes_dir), steps=4, videos=40, quick=True,
+                   extra=["data.synthetic_seed=3"])
+    d = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert d == json.loads(json.dumps(rep))
+    for variant in ("gare", "baseline"):
+        for direction in ("t2v", "v2t"):
+            m = d[variant][direction]
+            assert set(m) >= {"R1", "R5", "R10", "MdR", "MnR"}
+            assert 0 <= m["R1"] <= m["R5"] <= m["R10"] <= 100
+    assert (tmp_path / "demo" / "report.md").read_text().count("| GARE |") == 2
+    assert (tmp_path / "demo" / "curves.png").stat().st_size > 1000
+    assert d["seconds"] > 0
