@@ -1,0 +1,150 @@
+"""``gare serve``: a FastAPI app with a search page and a JSON API over a :class:`SearchEngine`.
+
+Routes::
+
+    GET /                      the search page (query box, result grid of thumbnail strips, a player)
+    GET /static/<name>         the page's script and style sheet (a fixed list of files)
+    GET /api/search?q=...&k=N  {"query", "k", "took_ms", "results": [{rank, id, name, score, first_stage,
+                               duration, thumb, video}]}; 400 {"error": "..."} for a bad query or k
+    GET /api/info              index size, model and settings
+    GET /video/<id>            the indexed file with that id (HTTP range requests supported)
+    GET /thumb/<id>            its thumbnail strip (JPEG)
+
+Files are addressed only by their numeric id in the index, so nothing outside the index can be read.
+Handlers are synchronous (run in the server's thread pool); the engine serializes model use with a lock.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import mimetypes
+import re
+import time
+from importlib import resources
+
+from .search import MAX_K, QueryError, SearchEngine, validate_k, validate_query
+
+log = logging.getLogger(__name__)
+
+STATIC_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
+                "style.css": "text/css; charset=utf-8"}
+DEFAULT_K = 12
+_ID = re.compile(r"[0-9]{1,18}")
+_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": ("default-src 'self'; img-src 'self'; media-src 'self'; script-src 'self'; "
+                                "style-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"),
+}
+
+
+def _load_static() -> dict[str, bytes]:
+    root = resources.files("gare.search") / "static"
+    return {name: (root / name).read_bytes() for name in STATIC_FILES}
+
+
+def create_app(engine: SearchEngine):
+    """The FastAPI application serving ``engine``."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    static = _load_static()
+    app = FastAPI(title="gare search", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        for k, v in _SECURITY_HEADERS.items():
+            response.headers.setdefault(k, v)
+        return response
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        msg = exc.detail if isinstance(exc.detail, str) else "error"
+        if exc.status_code == 404:
+            msg = "not found"
+        return JSONResponse({"error": msg}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return JSONResponse({"error": "invalid request"}, status_code=400)
+
+    def not_found() -> Response:
+        return JSONResponse({"error": "not found"}, status_code=404)
+
+    @app.get("/")
+    def page() -> Response:
+        return Response(static["index.html"], media_type=STATIC_FILES["index.html"],
+                        headers={"Cache-Control": "no-cache"})
+
+    @app.get("/static/{name}")
+    def static_file(name: str) -> Response:
+        if name not in static:
+            return not_found()
+        return Response(static[name], media_type=STATIC_FILES[name], headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/info")
+    def info() -> dict:
+        return engine.info()
+
+    @app.get("/api/search")
+    def api_search(request: Request) -> Response:
+        params = request.query_params
+        t0 = time.perf_counter()
+        try:
+            if len(params.getlist("q")) > 1 or len(params.getlist("k")) > 1:
+                raise QueryError("pass q and k once each")
+            text = validate_query(params.get("q"))
+            k = validate_k(params.get("k", str(DEFAULT_K)), MAX_K)
+            hits = engine.search(text, k)
+        except QueryError as e:
+            return JSONResponse({"error": str(e)}, status_code=400)
+        results = [{"rank": h.rank, "id": h.id, "name": h.rel_path, "score": h.score, "first_stage": h.first_stage,
+                    "duration": h.duration, "thumb": f"/thumb/{h.id}", "video": f"/video/{h.id}"} for h in hits]
+        return JSONResponse({"query": text, "k": k, "took_ms": round(1000 * (time.perf_counter() - t0), 2),
+                             "results": results})
+
+    @app.get("/video/{vid}")
+    def video(vid: str) -> Response:
+        if not _ID.fullmatch(vid):
+            return not_found()
+        path = engine.video_file(int(vid))
+        if path is None or not path.is_file():
+            return not_found()
+        media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media)
+
+    @app.get("/thumb/{vid}")
+    def thumb(vid: str) -> Response:
+        if not _ID.fullmatch(vid):
+            return not_found()
+        path = engine.thumb_file(int(vid))
+        if path is None or not path.is_file():
+            return not_found()
+        return FileResponse(path, media_type="image/jpeg")
+
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(engine: SearchEngine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    """Run the app with uvicorn until interrupted (loopback by default)."""
+    import uvicorn
+
+    if not is_loopback(host):
+        log.warning("serving on %s: the search page and every indexed video are reachable from other machines",
+                    host)
+    uvicorn.run(create_app(engine), host=host, port=port, log_level=log_level, access_log=False)

@@ -1,0 +1,271 @@
+"""Two-stage text-to-video search over an index built by :func:`gare.search.build_index`.
+
+First stage: FAISS inner product between the normalized query embedding and the normalized mean video
+embeddings vbar (exact ``IndexFlatIP`` by default; ``IndexIVFFlat`` for large collections). Second stage:
+the top ``rerank_k`` candidates are rescored with the full GARE score (text-conditioned pooling + Delta)
+through ``GareModel.similarity``, and the best ``k`` are returned. With ``rerank_k >= N`` the search is
+exhaustive: every video gets its GARE score.
+
+A :class:`SearchEngine` is safe to share between threads: model calls are serialized by a lock, and
+everything else it holds is read-only after :meth:`SearchEngine.open`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+import unicodedata
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .index import (
+    DB_NAME,
+    THUMB_DIR,
+    IndexMismatchError,
+    SearchIndexError,
+    file_sha256,
+    load_embeddings,
+    open_index_meta,
+    resolve_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_QUERY_CHARS = 1000
+MAX_K = 100
+DEFAULT_RERANK_K = 100
+IVF_MIN_VIDEOS = 50_000  # "auto" switches from the exact flat index to IVF at this collection size
+_FORBIDDEN_CATEGORIES = {"Cc", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
+class QueryError(ValueError):
+    """A query or parameter a user sent that cannot be searched; the message says why."""
+
+
+def validate_query(q) -> str:
+    """A user query -> the text to encode (whitespace collapsed). Raises :class:`QueryError` for a missing
+    or empty query, one over :data:`MAX_QUERY_CHARS` characters, or one with control characters."""
+    if q is None:
+        raise QueryError("missing query: pass the text to search for (q=...)")
+    if not isinstance(q, str):
+        raise QueryError(f"the query must be text, got {type(q).__name__}")
+    if len(q) > MAX_QUERY_CHARS:
+        raise QueryError(f"query too long: {len(q)} characters, the limit is {MAX_QUERY_CHARS}")
+    bad = sorted({c for c in q if unicodedata.category(c) in _FORBIDDEN_CATEGORIES})
+    if bad:
+        codes = ", ".join(f"U+{ord(c):04X}" for c in bad[:5])
+        raise QueryError(f"the query contains control or non-printable characters ({codes}); send plain text")
+    text = " ".join(q.split())
+    if not text:
+        raise QueryError("the query is empty: type what the video shows")
+    return text
+
+
+def validate_k(k, max_k: int = MAX_K) -> int:
+    """``k`` as sent (int or decimal string) -> int in [1, max_k], else :class:`QueryError`."""
+    if isinstance(k, bool):
+        raise QueryError(f"k must be an integer from 1 to {max_k}, got {k!r}")
+    if isinstance(k, str):
+        s = k.strip()
+        if not (s.isascii() and s.lstrip("+-").isdigit()) or len(s) > 12:
+            raise QueryError(f"k must be an integer from 1 to {max_k}, got {k[:20]!r}")
+        k = int(s)
+    if not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= max_k:
+        raise QueryError(f"k must be an integer from 1 to {max_k}, got {k!r}")
+    return int(k)
+
+
+@dataclass
+class Hit:
+    """One result: its rank (1 = best), the video id in the index, GARE score and first-stage cosine."""
+
+    rank: int
+    id: int
+    path: str  # absolute path of the file
+    rel_path: str  # path inside the indexed folder
+    score: float  # GARE cosine s(t, v)
+    first_stage: float  # cos(t, vbar)
+    duration: float | None
+    width: int | None
+    height: int | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    id: int
+    rel_path: str
+    size: int
+    duration: float | None
+    n_frames: int
+    width: int | None
+    height: int | None
+
+
+class SearchEngine:
+    """Loaded index + model. Build with :meth:`open`; query with :meth:`search`."""
+
+    def __init__(self, index_dir: Path, model, root: Path, records: list[VideoRecord], frames: torch.Tensor,
+                 mask: torch.Tensor, mean: torch.Tensor, meta: dict, *, rerank_k: int = DEFAULT_RERANK_K,
+                 first_stage: str = "auto", nlist: int | None = None, nprobe: int | None = None,
+                 fast: bool = True):
+        if first_stage not in ("auto", "flat", "ivf"):
+            raise ValueError(f"first_stage must be 'auto', 'flat' or 'ivf', got {first_stage!r}")
+        if rerank_k < 1:
+            raise ValueError(f"rerank_k must be >= 1, got {rerank_k}")
+        self.index_dir = Path(index_dir)
+        self.model = model
+        self.root = Path(root)
+        self.records = records
+        self.by_id = {r.id: r for r in records}
+        self.ids = np.array([r.id for r in records], dtype=np.int64)
+        self.frames = frames  # [N, F, D], stored dtype
+        self.mask = mask  # [N, F]
+        self.meta = meta
+        self.rerank_k = int(rerank_k)
+        self.fast = bool(fast)  # GareModel.similarity's exact fast scorer (False: blockwise reference)
+        self._lock = threading.Lock()
+        vbar = torch.nn.functional.normalize(mean.float(), dim=-1).numpy()
+        self.first_stage_kind, self._index = _first_stage_index(np.ascontiguousarray(vbar, dtype=np.float32),
+                                                                first_stage, nlist, nprobe)
+
+    # -- construction -------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, index_dir: str | os.PathLike, *, model: str | os.PathLike | None = None, device: str = "cpu",
+             rerank_k: int = DEFAULT_RERANK_K, first_stage: str = "auto", nlist: int | None = None,
+             nprobe: int | None = None, root: str | os.PathLike | None = None, fast: bool = True) -> SearchEngine:
+        """Load an index and its model.
+
+        Args:
+            model: the checkpoint (default: the file the index was built with); it must be the same model
+                (same sha256) or :class:`IndexMismatchError` is raised.
+            rerank_k: K, candidates of the first stage rescored with GARE.
+            first_stage: "flat" (exact), "ivf" (approximate, for large collections) or "auto".
+            root: where the indexed folder lives now, if it moved since indexing.
+        """
+        from ..model.gare import load_model
+
+        index_dir = Path(index_dir)
+        meta = open_index_meta(index_dir)
+        settings = meta["settings"]
+        ckpt_arg = model if model is not None else meta["model_path"]
+        try:
+            ckpt = resolve_checkpoint(ckpt_arg)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e}; index {index_dir} was built with {meta['model_path']}: pass that "
+                                    "checkpoint with --model") from e
+        sha = file_sha256(ckpt)
+        if sha != settings["model_id"]:
+            raise IndexMismatchError(f"index {index_dir} was built with another model ({meta['model_path']}, "
+                                     f"sha256 {settings['model_id'][:12]}) than {ckpt} (sha256 {sha[:12]}); "
+                                     "search it with the model it was built with, or index again with this one")
+        t0 = time.perf_counter()
+        gmodel = load_model(ckpt, device=device).eval()
+        con = sqlite3.connect(f"file:{index_dir / DB_NAME}?mode=ro", uri=True, timeout=30)
+        try:
+            rows = con.execute("SELECT id, path, size, duration, n_frames, width, height FROM videos "
+                               "ORDER BY id").fetchall()
+            ids, frames, mask, mean = load_embeddings(index_dir, con)
+        finally:
+            con.close()
+        records = [VideoRecord(*r) for r in rows]
+        if [r.id for r in records] != ids.tolist():
+            raise SearchIndexError(f"index {index_dir} changed while it was being read; open it again")
+        eng = cls(index_dir, gmodel, Path(root) if root is not None else Path(meta["root"]), records, frames, mask,
+                  mean, meta, rerank_k=rerank_k, first_stage=first_stage, nlist=nlist, nprobe=nprobe, fast=fast)
+        log.info("search index %s: %d videos, first stage %s, rerank K=%d (loaded in %.1f s)", index_dir,
+                 len(records), eng.first_stage_kind, rerank_k, time.perf_counter() - t0)
+        return eng
+
+    # -- information --------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def info(self) -> dict:
+        s = self.meta["settings"]
+        return {"videos": len(self), "damaged": self.meta.get("n_damaged", 0), "model": self.meta["model_path"],
+                "model_sha256": s["model_id"], "framerate": s["framerate"], "max_frames": s["max_frames"],
+                "backend": s["backend"], "first_stage": self.first_stage_kind, "rerank_k": self.rerank_k,
+                "max_k": MAX_K, "max_query_chars": MAX_QUERY_CHARS}
+
+    def video_file(self, vid: int) -> Path | None:
+        """The file of an indexed video (None for an unknown id)."""
+        r = self.by_id.get(int(vid))
+        return None if r is None else self.root / r.rel_path
+
+    def thumb_file(self, vid: int) -> Path | None:
+        if int(vid) not in self.by_id:
+            return None
+        return self.index_dir / THUMB_DIR / f"{int(vid)}.jpg"
+
+    # -- search -------------------------------------------------------------------------------------
+    def encode_query(self, text: str) -> torch.Tensor:
+        """``[1, D]`` unnormalized text embedding (call under the lock or single-threaded)."""
+        with torch.inference_mode():
+            return self.model.encode_text([text]).float()
+
+    def search(self, query: str, k: int = 10, *, rerank_k: int | None = None) -> list[Hit]:
+        """Top ``k`` videos for ``query``: FAISS top ``rerank_k`` by cos(t, vbar), reranked by GARE.
+        Ties in the GARE score are broken by video id."""
+        text = validate_query(query)
+        k = validate_k(k)
+        n = len(self)
+        if n == 0:
+            return []
+        K = min(n, max(k, int(rerank_k or self.rerank_k)))
+        with self._lock:
+            t = self.encode_query(text)  # [1, D]
+            tn = torch.nn.functional.normalize(t, dim=-1).cpu().numpy().astype(np.float32)
+            fs, idx = self._index.search(tn, K)  # [1, K]
+            keep = idx[0] >= 0
+            cand, fs = idx[0][keep], fs[0][keep]
+            cand_t = torch.from_numpy(cand)
+            v = self.frames[cand_t].float()  # [K, F, D]
+            S = self.model.similarity(t, v, self.mask[cand_t], fast=self.fast)[0].float().cpu().numpy()  # [K]
+        order = np.lexsort((self.ids[cand], -S))[:k]  # by score desc, then id
+        hits = []
+        for rank, j in enumerate(order, start=1):
+            r = self.records[int(cand[j])]
+            hits.append(Hit(rank=rank, id=r.id, path=str(self.root / r.rel_path), rel_path=r.rel_path,
+                            score=float(S[j]), first_stage=float(fs[j]), duration=r.duration, width=r.width,
+                            height=r.height))
+        return hits
+
+    def search_exhaustive(self, query: str, k: int = 10) -> list[Hit]:
+        """GARE scores for every indexed video (no first-stage cut)."""
+        return self.search(query, k, rerank_k=max(1, len(self)))
+
+
+def _first_stage_index(xb: np.ndarray, kind: str, nlist: int | None, nprobe: int | None):
+    """FAISS inner-product index over normalized ``xb [N, D]``: ("flat", IndexFlatIP) or ("ivf", IndexIVFFlat)."""
+    import faiss
+
+    n, d = xb.shape
+    if kind == "auto":
+        kind = "ivf" if n >= IVF_MIN_VIDEOS else "flat"
+    if kind == "ivf" and n < 2:
+        kind = "flat"
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+        if n:
+            index.add(xb)
+        return "flat", index
+    if nlist is None:
+        nlist = int(round(4 * math.sqrt(n)))
+    nlist = max(1, min(int(nlist), n))
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.train(xb)
+    index.add(xb)
+    index.nprobe = max(1, min(nlist, int(nprobe) if nprobe else min(nlist, 32)))
+    return f"ivf(nlist={nlist}, nprobe={index.nprobe})", index
+
