@@ -415,6 +415,7 @@ def test_official_scoring_formula_independent(model, tiny_frames, tmp_path):
             expected[i, j], d = official_score(raw, t[i], fj)
             deltas.append(d)
     torch.testing.assert_close(S, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(loaded.similarity(t, v, fast=False), expected, atol=1e-4, rtol=0)  # reference path
     # the check is sensitive: Delta moves the scores well beyond the tolerance
     plain = torch.stack([torch.stack([F.cosine_similarity(t[i], torch.softmax(v[j] @ t[i] / 3, 0) @ v[j], dim=0)
                                       for j in range(3)]) for i in range(3)])
