@@ -23,6 +23,11 @@ import re
 import time
 from importlib import resources
 
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
 from .search import MAX_K, QueryError, SearchEngine, validate_k, validate_query
 
 log = logging.getLogger(__name__)
@@ -45,13 +50,8 @@ def _load_static() -> dict[str, bytes]:
     return {name: (root / name).read_bytes() for name in STATIC_FILES}
 
 
-def create_app(engine: SearchEngine):
+def create_app(engine: SearchEngine) -> FastAPI:
     """The FastAPI application serving ``engine``."""
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse, Response
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
     static = _load_static()
     app = FastAPI(title="gare search", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
@@ -81,6 +81,10 @@ def create_app(engine: SearchEngine):
     def page() -> Response:
         return Response(static["index.html"], media_type=STATIC_FILES["index.html"],
                         headers={"Cache-Control": "no-cache"})
+
+    @app.get("/favicon.ico")
+    def favicon() -> Response:
+        return Response(status_code=204)
 
     @app.get("/static/{name}")
     def static_file(name: str) -> Response:
