@@ -439,7 +439,7 @@ def render(desc, render_seed, *, size: int = 112, fps: int = 8, duration: float 
 
 
 def encode_mp4(frames: np.ndarray, path, *, fps: int = 8, crf: int = 20) -> None:
-    """Write uint8 [T, H, W, 3] RGB frames as an H.264 mp4 (yuv420p, one thread: deterministic)."""
+    """Write uint8 [T, H, W, 3] RGB frames as an H.264 mp4 (yuv420p, single-threaded: deterministic)."""
     import av
 
     path = Path(path)
@@ -448,8 +448,12 @@ def encode_mp4(frames: np.ndarray, path, *, fps: int = 8, crf: int = 20) -> None
         s = c.add_stream("libx264", rate=fps)
         s.width, s.height = int(frames.shape[2]), int(frames.shape[1])
         s.pix_fmt = "yuv420p"
-        s.options = {"crf": str(crf), "preset": "veryfast", "threads": "1", "g": str(4 * fps)}
+        # Threads off everywhere (frame, slice and lookahead): x264 output is then byte-identical across
+        # runs; with FFmpeg's default threading it is not.
         s.codec_context.thread_count = 1
+        s.codec_context.thread_type = "NONE"
+        s.options = {"crf": str(crf), "preset": "veryfast", "g": str(4 * fps),
+                     "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0"}
         for img in frames:
             for pkt in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 c.mux(pkt)
