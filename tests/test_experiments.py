@@ -371,5 +371,17 @@ def test_diagnostics_run_logs_tension_terms_and_plot_renders_them(shapes_dir, tm
     assert 0 <= r["diag_anchor_cancellation"] <= 1 and 0 <= r["diag_delta_share"] <= 1
     assert r["diag_anchor_sum_norm"] <= r["diag_anchor_pos_norm"] + r["diag_anchor_neg_norm"] + 1e-6
     outs = {p.name for p in plot_run(tmp_path / "run")}
-    assert {"curves.png", "diagnostics.png"} <= outs
+    assert {"curves.png", "diagnostics.png"} <= outs and "geometry.png" not in outs
     assert (tmp_path / "run" / "diagnostics.png").stat().st_size > 1000
+
+
+def test_plot_renders_geometry_of_validation_records(tmp_path):
+    from gare.plots import plot_run
+
+    recs = [{"kind": "train", "step": 0, "nce": 4.0, "lr": 1e-3},
+            {"kind": "val", "step": 10, "t2v_R1": 5.0, "geo_gap": 0.8, "geo_alignment": 1.2},
+            {"kind": "val", "step": 20, "t2v_R1": 9.0, "geo_gap": 0.6, "geo_alignment": 1.0}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    outs = {p.name for p in plot_run(tmp_path)}
+    assert "geometry.png" in outs and "diagnostics.png" not in outs
+    assert (tmp_path / "geometry.png").stat().st_size > 1000

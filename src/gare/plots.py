@@ -65,7 +65,23 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         fig.savefig(p, dpi=100)
         plt.close(fig)
         outs.append(p)
-    diag_keys = sorted({k for r in tr for k in r if k.startswith("diag_")})
+    outs += _plot_keyed(run_dir, tr, "diag_", "diagnostics.png")
+    va = [r for r in recs if r.get("kind") == "val"]
+    outs += _plot_keyed(run_dir, va, "geo_", "geometry.png", marker="o")  # modality-gap measures at validation
+    return outs
+
+
+def _plot_keyed(run_dir: Path, recs: list[dict], prefix: str, name: str, marker: str | None = None) -> list[Path]:
+    """One panel per ``prefix*`` key of ``recs`` against the step (``diag_*``: tension diagnostics of training
+    steps; ``geo_*``: modality-gap measures of validations). Nothing when no record has such a key."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tr = recs
+    outs: list[Path] = []
+    diag_keys = sorted({k for r in tr for k in r if k.startswith(prefix)})
     if diag_keys:
         n = len(diag_keys)
         cols = min(4, n)
@@ -73,12 +89,12 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
         for ax, k in zip(axes.flat, diag_keys):
             pts = [(r["step"], r[k]) for r in tr if k in r]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts])
-            ax.set_title(k[5:], fontsize=9)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker)
+            ax.set_title(k[len(prefix):], fontsize=9)
         for ax in list(axes.flat)[n:]:
             ax.axis("off")
         fig.tight_layout()
-        p = run_dir / "diagnostics.png"
+        p = run_dir / name
         fig.savefig(p, dpi=100)
         plt.close(fig)
         outs.append(p)
