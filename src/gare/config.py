@@ -100,6 +100,7 @@ class DataConfig:
     videos: str | None = None  # folder of video files
     synthetic_videos: int = 1000
     synthetic_seed: int = 0
+    synthetic_options: dict = field(default_factory=dict)  # generator options (test_fraction, size, fps, ...)
     framerate: float = 1.0
     max_frames: int = 12
     frame_store: str | None = None  # path of a pre-decoded frame store ("auto": next to the data)

@@ -37,7 +37,7 @@ def resolve_data(cfg: Config, *, splits=("train", "val", "test"), image_size: in
         from ..data import synthetic
 
         root = Path(d.videos or DEFAULT_SYNTH_DIR)
-        ann = synthetic.generate(root, n_videos=d.synthetic_videos, seed=d.synthetic_seed)
+        ann = synthetic.generate(root, n_videos=d.synthetic_videos, seed=d.synthetic_seed, **d.synthetic_options)
         kind, annotations, videos = "jsonl", str(ann), str(root)
     else:
         if not d.annotations:
