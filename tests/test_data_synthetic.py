@@ -109,6 +109,8 @@ def test_captions_are_paraphrases_and_canonical_first(plan1000):
 def test_same_seed_same_annotations_and_frames(synth20, tmp_path):
     again = generate(tmp_path / "again", n_videos=20, seed=0, workers=1)
     assert again.read_bytes() == synth20.read_bytes()
+    for r in _rows(synth20):
+        assert (synth20.parent / r["video"]).read_bytes() == (again.parent / r["video"]).read_bytes()
     for r in _rows(synth20)[:6]:
         a, _ = sample_frames(synth20.parent / r["video"], framerate=8, max_frames=32)
         b, _ = sample_frames(again.parent / r["video"], framerate=8, max_frames=32)

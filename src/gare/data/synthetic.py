@@ -438,6 +438,22 @@ def render(desc, render_seed, *, size: int = 112, fps: int = 8, duration: float 
     return frames, info
 
 
+def rgb_to_yuv420p(img: np.ndarray) -> np.ndarray:
+    """uint8 RGB [H, W, 3] -> uint8 [H * 3 // 2, W] planar YUV 4:2:0 (BT.601, limited range).
+
+    Done in numpy rather than by swscale, whose SIMD paths depend on buffer alignment and so would make
+    the encoded bytes differ between runs.
+    """
+    f = img.astype(np.float32)
+    h, w = img.shape[:2]
+    y = 16.0 + (65.481 * f[..., 0] + 128.553 * f[..., 1] + 24.966 * f[..., 2]) / 255.0
+    q = f.reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3))  # 2x2 average before chroma conversion
+    u = 128.0 + (-37.797 * q[..., 0] - 74.203 * q[..., 1] + 112.0 * q[..., 2]) / 255.0
+    v = 128.0 + (112.0 * q[..., 0] - 93.786 * q[..., 1] - 18.214 * q[..., 2]) / 255.0
+    planes = [np.clip(np.rint(p), 0, 255).astype(np.uint8) for p in (y, u, v)]
+    return np.concatenate([planes[0], planes[1].reshape(h // 4, w), planes[2].reshape(h // 4, w)], axis=0)
+
+
 def encode_mp4(frames: np.ndarray, path, *, fps: int = 8, crf: int = 20) -> None:
     """Write uint8 [T, H, W, 3] RGB frames as an H.264 mp4 (yuv420p, single-threaded: deterministic)."""
     import av
@@ -455,7 +471,8 @@ def encode_mp4(frames: np.ndarray, path, *, fps: int = 8, crf: int = 20) -> None
         s.options = {"crf": str(crf), "preset": "veryfast", "g": str(4 * fps),
                      "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0"}
         for img in frames:
-            for pkt in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            yuv = av.VideoFrame.from_ndarray(rgb_to_yuv420p(img), format="yuv420p")
+            for pkt in s.encode(yuv):
                 c.mux(pkt)
         for pkt in s.encode():
             c.mux(pkt)
