@@ -249,7 +249,12 @@ class _Ctx:
 
 
 def _has_surrogates(s: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in s)
+    """True when ``s`` holds bytes that were not valid UTF-8 (decoded with surrogateescape)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _read_text(path: Path) -> str:
@@ -265,8 +270,21 @@ def _read_list(path: Path) -> list[str]:
     return [ln.strip() for ln in _read_text(path).splitlines() if ln.strip()]
 
 
+_JSON_CACHE: dict[tuple, object] = {}
+
+
 def _read_json(path: Path):
-    return json.loads(_read_text(path))
+    """Parsed JSON; the last few large files are kept (train and val read the same caption file).
+
+    Callers must not modify the result.
+    """
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _JSON_CACHE:
+        if len(_JSON_CACHE) >= 3:
+            _JSON_CACHE.pop(next(iter(_JSON_CACHE)))
+        _JSON_CACHE[key] = json.loads(_read_text(path))
+    return _JSON_CACHE[key]
 
 
 def _need(path: Path, what: str) -> Path:
