@@ -1,0 +1,119 @@
+"""Two-stage retrieval (method.md section 6): rank by plain ``cos(t_i, vbar_j)``, rescore each text's top K
+videos with exact GARE scores.
+
+Stage 1 is a dual-encoder product ``[N_t, N_v]`` (``vbar_j``: the masked frame mean of the temporal
+outputs). Stage 2 scores only the ``N_t * K`` selected pairs: with frame context through
+:func:`~gare.model.fast_scorer.fast_pair_similarity` (pairs grouped by video, exact), otherwise with the
+scorer on each text block's candidate videos. Pairs outside a text's top K get ``stage-1 cosine - 3``,
+which lies in ``[-4, -2]``, strictly below every GARE score (a cosine, ``>= -1``), so each row ranks the
+reranked videos first (by GARE) and the rest after them (by the stage-1 cosine).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .scorer import masked_mean
+
+log = logging.getLogger(__name__)
+
+OUTSIDE_OFFSET = 3.0  # non-reranked pairs score (stage-1 cosine - 3) < -1 <= any reranked cosine
+
+
+def stage1_similarity(t: Tensor, v: Tensor, video_mask: Tensor | None = None) -> Tensor:
+    """``cos(t_i, vbar_j)`` ``[N_t, N_v]`` for ``t [N_t, D]``, ``v [N_v, F, D]``, ``video_mask [N_v, F]``."""
+    vbar = masked_mean(v, video_mask)
+    return F.normalize(t, dim=-1) @ F.normalize(vbar, dim=-1).T
+
+
+def candidates_by_video(cand: Tensor, n_videos: int) -> Tensor:
+    """Invert per-text candidate lists ``cand [N_t, K]`` (video ids) into per-video text lists
+    ``[N_v, g]`` (text ids, ascending, valid entries first, ``-1`` padding; ``g`` = most texts of one video)."""
+    N_t, K = cand.shape
+    vids = cand.reshape(-1)
+    texts = torch.arange(N_t, device=cand.device).repeat_interleave(K)
+    order = torch.argsort(vids * N_t + texts)  # by video, then by text
+    vids, texts = vids[order], texts[order]
+    counts = torch.bincount(vids, minlength=n_videos)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(vids.numel(), device=cand.device) - starts[vids]
+    g = int(counts.max()) if vids.numel() else 0
+    out = torch.full((n_videos, max(g, 1)), -1, dtype=torch.long, device=cand.device)
+    out[vids, slot] = texts
+    return out
+
+
+@torch.no_grad()
+def two_stage_similarity(model, t: Tensor, v: Tensor, video_mask: Tensor | None = None, *, k: int,
+                         words: Tensor | None = None, word_mask: Tensor | None = None, fast: bool = True,
+                         memory_budget: int = 256 * 2**20) -> Tensor:
+    """Scores ``[N_t, N_v]``: exact GARE scores on each text's top ``k`` videos by ``cos(t_i, vbar_j)``,
+    ``cos(t_i, vbar_j) - 3`` elsewhere. ``k >= N_v`` gives the exhaustive matrix.
+
+    ``model``: a :class:`~gare.model.gare.GareModel` (its ``scorer`` is used in eval mode).
+    """
+    if k < 1:
+        raise ValueError(f"two-stage K must be >= 1, got {k}")
+    N_v = v.shape[0]
+    if k >= N_v:
+        return model.similarity(t, v, video_mask, words=words, word_mask=word_mask, fast=fast,
+                                memory_budget=memory_budget)
+    scorer = model.scorer
+    was_training = scorer.training
+    scorer.eval()
+    try:
+        s1 = stage1_similarity(t, v, video_mask)
+        cand = s1.topk(k, dim=1).indices  # [N_t, k]
+        out = s1 - OUTSIDE_OFFSET
+        _rerank(out, scorer, t, v, video_mask, cand, words, word_mask, fast, memory_budget)
+        return out
+    finally:
+        scorer.train(was_training)
+
+
+def _rerank(out: Tensor, scorer, t: Tensor, v: Tensor, video_mask: Tensor | None, cand: Tensor,
+            words: Tensor | None, word_mask: Tensor | None, fast: bool, memory_budget: int) -> None:
+    """Write the exact scores of the pairs ``(i, cand[i, r])`` into ``out [N_t, N_v]``."""
+    from .fast_scorer import fast_pair_similarity, fast_similarity, supports, supports_pairs
+
+    N_t = cand.shape[0]
+    N_v = v.shape[0]
+    if fast and supports_pairs(scorer):
+        by_video = candidates_by_video(cand, N_v)  # [N_v, g]
+        s = fast_pair_similarity(scorer, t, v, video_mask, by_video, memory_budget=memory_budget)
+        valid = by_video >= 0
+        vids = torch.arange(N_v, device=cand.device)[:, None].expand_as(by_video)[valid]
+        out[by_video[valid], vids] = s[valid].to(out.dtype)
+        return
+    # other configurations: score each small block of texts against the union of their candidates
+    use_fast = fast and supports(scorer)
+    bt = max(1, min(N_t, 16))
+    for i in range(0, N_t, bt):
+        ci = cand[i:i + bt]
+        union, inv = torch.unique(ci, return_inverse=True)  # inv [bt, K]: positions in union
+        vm = video_mask[union] if video_mask is not None else None
+        wi = words[i:i + bt] if words is not None else None
+        wmi = word_mask[i:i + bt] if word_mask is not None else None
+        if use_fast:
+            S = fast_similarity(scorer, t[i:i + bt], v[union], vm, words=wi, word_mask=wmi,
+                                memory_budget=memory_budget)
+        else:
+            S = scorer.similarity(t[i:i + bt], v[union], vm, words=wi, word_mask=wmi, memory_budget=memory_budget)
+        out[i:i + bt].scatter_(1, ci, S.gather(1, inv).to(out.dtype))
+
+
+def topk_agreement(S_exact: Tensor, S_two_stage: Tensor, n: int = 10) -> float:
+    """Mean over texts of ``|top-n(S_exact) & top-n(S_two_stage)| / n`` (``n`` capped at ``N_v``)."""
+    if S_exact.shape != S_two_stage.shape:
+        raise ValueError(f"shapes differ: {tuple(S_exact.shape)} vs {tuple(S_two_stage.shape)}")
+    n = min(n, S_exact.shape[1])
+    if n < 1 or S_exact.shape[0] == 0:
+        raise ValueError("topk_agreement needs at least one text and one video")
+    a = S_exact.topk(n, dim=1).indices
+    b = S_two_stage.topk(n, dim=1).indices
+    hit = (a[:, :, None] == b[:, None, :]).any(dim=2).sum(dim=1)
+    return float(hit.double().mean() / n)
