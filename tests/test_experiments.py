@@ -105,8 +105,13 @@ def test_micro_grid_table_matches_per_run_results(shapes_dir, tmp_path):
         assert tr and all((r["ib"] == 0 and r["radius"] == 0 and r["direction"] == 0) == zero for r in tr)
     # a second invocation reuses the finished runs (no retraining): results files untouched
     stamp = {p: p.stat().st_mtime_ns for p in grid.output.rglob("results.json")}
-    run_grid(grid)
+    run_grid(grid, command="gare sweep grid.yaml")
     assert {p: p.stat().st_mtime_ns for p in grid.output.rglob("results.json")} == stamp
+    # rebuilding only the table keeps the command that trained the runs and notes the rebuild
+    run_grid(grid, table_only=True, command="gare sweep grid.yaml --table-only")
+    md = grid.results.with_suffix(".md").read_text()
+    assert "gare sweep grid.yaml\n# table rebuilt with: gare sweep grid.yaml --table-only" in md
+    assert "2 steps per run; 4/4 runs finished" in md
 
 
 def test_single_seed_shows_value_without_std(tmp_path):

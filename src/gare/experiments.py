@@ -541,9 +541,9 @@ def write_results(grid: Grid, command: str | None = None, wall_seconds: float | 
     md = [f"# {grid.title}", ""]
     if grid.description:
         md += [grid.description.strip(), ""]
+    steps = grid.steps if grid.steps is not None else resolve_run(grid, grid.variants[0], grid.seeds[0]).train.max_steps
     md += [f"Grid file: `{_rel(grid.path)}`; recipe: `{_rel(grid.recipe)}`; seeds {grid.seeds}; "
-           f"{grid.steps if grid.steps is not None else 'recipe'} steps per run; {done}/{expected} runs finished.",
-           ""]
+           f"{steps or 'recipe (epochs)'} steps per run; {done}/{expected} runs finished.", ""]
     if command:
         md += ["Command:", "", "```", command, "```", ""]
     if n_test:
@@ -582,7 +582,17 @@ def run_grid(grid: Grid, *, force: bool = False, dry_run: bool = False, table_on
             for v in grid.variants:
                 run_one(grid, v, s, force=force)
                 write_results(grid, command, time.perf_counter() - t0)  # the table grows as runs finish
-    return write_results(grid, command, None if table_only else time.perf_counter() - t0)
+    if table_only:  # keep the command that trained the runs; the rebuild is noted next to it
+        prev = grid.results.with_suffix(".json")
+        if prev.exists():
+            try:
+                old = json.loads(prev.read_text()).get("command")
+            except json.JSONDecodeError:
+                old = None
+            if old:
+                command = old if command is None or command in old else f"{old}\n# table rebuilt with: {command}"
+        return write_results(grid, command, None)
+    return write_results(grid, command, time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------------------- command line
