@@ -235,7 +235,8 @@ class Trainer:
         rec = {"kind": "train", "step": self.step, "epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
                "lr_new": self._lr_of("new"), "lr_clip": self._lr_of("clip"), "loss": float(total.detach()),
                **{k: float(v) for k, v in terms.items()}, "grad_norm": float(gnorm),
-               "logit_scale": float(self.model.logit_scale.detach().exp()), "samples_per_s": tc.batch_size / max(dt, 1e-9)}
+               "logit_scale": float(self.model.logit_scale.detach().exp()),
+               "samples_per_s": tc.batch_size / max(dt, 1e-9)}
         rec.update(diag)
         return rec
 
