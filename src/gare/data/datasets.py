@@ -228,14 +228,10 @@ class _Ctx:
         n_video_bad = sum(1 for e in entries if e["kind"] in VIDEO_KINDS)
         n_caption_bad = sum(1 for e in entries if e["kind"] in CAPTION_KINDS)
         report = self.report
-        old = report.threshold
-        report.threshold = max_bad_fraction
-        try:
-            report.check(listed, what=f"videos of {self.tag}", kinds=VIDEO_KINDS, entries=entries)
-            report.check(n_captions + n_caption_bad, what=f"captions of {self.tag}", kinds=CAPTION_KINDS,
-                         entries=entries)
-        finally:
-            report.threshold = old
+        report.check(listed, what=f"videos of {self.tag}", kinds=VIDEO_KINDS, entries=entries,
+                     threshold=max_bad_fraction)
+        report.check(n_captions + n_caption_bad, what=f"captions of {self.tag}", kinds=CAPTION_KINDS,
+                     entries=entries, threshold=max_bad_fraction)
         if n_video_bad or n_caption_bad:
             log.warning("%s: %d of %d videos and %d captions could not be used (listed in %s)",
                         self.tag, n_video_bad, listed, n_caption_bad, report.path or "the in-memory report")

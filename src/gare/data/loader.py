@@ -44,7 +44,7 @@ class _FrameSource:
                 f"the dataset asks for framerate={self.framerate}, max_frames={self.max_frames}")
         self.store = store
         self.report = BadInputReport.coerce(report, threshold=max_bad_fraction)
-        self.report.threshold = max_bad_fraction
+        self.max_bad_fraction = float(max_bad_fraction)
         self._failed: dict[int, VideoDecodeError] = {}
         self._tag = f"{split.dataset}/{split.name}"
 
@@ -64,8 +64,10 @@ class _FrameSource:
             self._failed[vi] = e
             self.report.add(e.kind, it.video_id, e.reason, path=e.path, split=self._tag, stage="loader",
                             pid=os.getpid())
-            self.report.check(len(self.split.items), what=f"videos of {self._tag}", kinds=VIDEO_KINDS,
-                              split=self._tag)
+            # bad videos found when the annotations were read (same report) count too, against the listed total
+            total = max(len(self.split.items), int(self.split.meta.get("listed_videos", 0)))
+            self.report.check(total, what=f"videos of {self._tag}", kinds=VIDEO_KINDS,
+                              split=self._tag, threshold=self.max_bad_fraction)
             raise
 
     def to_tensor(self, frames: np.ndarray) -> torch.Tensor:

@@ -121,7 +121,8 @@ class BadInputReport:
         return self.count()
 
     def check(self, total: int, *, what: str, kinds: Iterable[str] | None = None,
-              split: str | None = None, entries: list[dict] | None = None) -> None:
+              split: str | None = None, entries: list[dict] | None = None,
+              threshold: float | None = None) -> None:
         """Raise :class:`TooManyBadInputs` if the bad entries exceed ``threshold * total``.
 
         Args:
@@ -131,7 +132,9 @@ class BadInputReport:
             kinds: only count these kinds (default: all).
             split: only count entries recorded for this split.
             entries: count these entries instead of the report's (still filtered by kinds/split).
+            threshold: use this fraction instead of the report's own.
         """
+        threshold = self.threshold if threshold is None else float(threshold)
         kinds = set(kinds) if kinds is not None else None
         pool = self.all_entries() if entries is None else entries
         sel, seen = [], set()
@@ -142,16 +145,17 @@ class BadInputReport:
                     seen.add(key)
                     sel.append(e)
         n = len(sel)
-        if n == 0 or n <= self.threshold * total:
+        if n == 0 or n <= threshold * total:
             return
-        raise TooManyBadInputs(self.summary(sel, total, what))
+        raise TooManyBadInputs(self.summary(sel, total, what, threshold=threshold))
 
-    def summary(self, entries: list[dict], total: int, what: str) -> str:
+    def summary(self, entries: list[dict], total: int, what: str, *, threshold: float | None = None) -> str:
+        threshold = self.threshold if threshold is None else threshold
         n = len(entries)
         counts = Counter(e["kind"] for e in entries)
         frac = n / max(total, 1)
         msg = (f"{n} of {total} {what} ({100 * frac:.2f}%) are bad inputs, over the "
-               f"{100 * self.threshold:g}% threshold; by kind: "
+               f"{100 * threshold:g}% threshold; by kind: "
                + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
         if self.path is not None:
             msg += f". The full list with reasons is in {self.path}"
