@@ -491,15 +491,15 @@ def build_index(video_dir: str | os.PathLike, model: str | os.PathLike, out: str
             meta = _read_meta(con)
             if meta:
                 _check_existing(meta, out, root, model_id, samp, dtype)
-            gmodel = load_model(ckpt, device=device)
-            settings = IndexSettings(model_id=model_id, embed_dim=gmodel.embed_dim, image_size=gmodel.image_size,
-                                     framerate=float(samp["framerate"]), max_frames=int(samp["max_frames"]),
-                                     backend=str(samp["backend"]), dtype=dtype)
-            if meta:
-                diff = IndexSettings(**json.loads(meta["settings"])).differences(settings)
-                if diff:
-                    raise IndexMismatchError(_mismatch_message(out, diff))
+            gmodel = None
+            if meta:  # everything was checked against the stored settings: the model loads only if needed
+                settings = IndexSettings(**json.loads(meta["settings"]))
             else:
+                gmodel = load_model(ckpt, device=device)
+                settings = IndexSettings(model_id=model_id, embed_dim=gmodel.embed_dim,
+                                         image_size=gmodel.image_size, framerate=float(samp["framerate"]),
+                                         max_frames=int(samp["max_frames"]), backend=str(samp["backend"]),
+                                         dtype=dtype)
                 with con:
                     con.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [
                         ("format", INDEX_FORMAT), ("root", str(root)), ("model_path", str(ckpt)),
@@ -508,6 +508,8 @@ def build_index(video_dir: str | os.PathLike, model: str | os.PathLike, out: str
             _cleanup(con, out)
             todo = _plan(con, out, root, iter_video_files(root), update, report)
             log.info("index %s: %d file(s) to encode, %d unchanged", out, len(todo), report.unchanged)
+            if todo and gmodel is None:
+                gmodel = load_model(ckpt, device=device)  # same file (sha256 checked), so same dimensions
             _encode_all(con, out, gmodel, settings, todo, report, batch_size=batch_size, workers=workers,
                         flush_every=flush_every, thumb_frames=thumb_frames, thumb_height=thumb_height,
                         progress=progress)

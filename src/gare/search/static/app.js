@@ -108,7 +108,11 @@ document.addEventListener("DOMContentLoaded", () => {
   const params = new URLSearchParams(location.search);
   if (params.get("q")) {
     $("q").value = params.get("q");
-    if (params.get("k")) $("k").value = params.get("k");
+    const k = params.get("k");
+    if (k && /^[0-9]+$/.test(k)) {
+      if (![...$("k").options].some((o) => o.value === k)) $("k").append(new Option(k, k));
+      $("k").value = k;
+    }
     search(params.get("q"), $("k").value);
   }
 });
