@@ -69,7 +69,8 @@ __all__ = ["Grid", "Variant", "aggregate", "load_grid", "markdown_table", "resol
            "add_sweep_command", "main"]
 
 TABLE_METRICS = (("t2v", "R1"), ("t2v", "R5"), ("t2v", "R10"), ("t2v", "MnR"), ("v2t", "R1"))
-GEOMETRY_KEYS = ("gap", "alignment", "uniformity_text", "uniformity_video", "gap_corrected", "delta_norm_ratio")
+GEOMETRY_KEYS = ("gap", "alignment", "uniformity_video", "pos_cos", "neg_cos", "gap_corrected", "alignment_corrected",
+                 "delta_norm_ratio")
 _GRID_KEYS = {"name", "title", "description", "recipe", "overrides", "seeds", "seed_keys", "steps", "output",
               "results", "paper_metric", "variants", "plot", "diagnostics", "geometry", "setup"}
 _VARIANT_KEYS = {"name", "overrides", "paper", "series", "x", "note"}
@@ -501,18 +502,32 @@ def plot_diagnostics(grid: Grid, out: Path) -> Path | None:
     cols = min(3, len(keys))
     nrows = (len(keys) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.5 * nrows), squeeze=False)
+    # one colour per variant (the same in every panel, also where a variant lacks a key); with series, one
+    # line style per series
+    cmap = plt.get_cmap("tab10")
+    colour = {v.name: cmap(i % 10) for i, v in enumerate(grid.variants)}
+    series = list(dict.fromkeys(v.series for v in grid.variants if v.series is not None))
+    styles = ["-", "--", ":", "-."]
+    style = {v.name: styles[series.index(v.series) % len(styles)] if v.series in series else "-"
+             for v in grid.variants}
+    handles = {}
     for ax, k in zip(axes.flat, keys):
-        for name, by_step in curves[k].items():
+        for v in grid.variants:
+            by_step = curves[k].get(v.name)
+            if not by_step:
+                continue
             steps = sorted(by_step)
-            ax.plot(steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], label=name)
+            (line,) = ax.plot(steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], color=colour[v.name],
+                              linestyle=style[v.name], label=v.name)
+            handles.setdefault(v.name, line)
         ax.set_title(k, fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=7)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(6, len(handles)), fontsize=8)
     fig.suptitle(f"{grid.title}: training diagnostics (mean over seeds)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
