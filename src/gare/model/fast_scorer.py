@@ -579,6 +579,7 @@ def _score_text_owner(plan: _Plan, own: _Owner, t: Tensor, ts: dict, f: Tensor, 
 # --------------------------------------------------------------------------------------------------
 PAIRS_PER_BLOCK = 2**16  # per-pair tensors of one block stay cache-sized (measured on a 2-core EPYC)
 OWNERS_PER_BLOCK = 128
+GATHERED_PAIRS_PER_BLOCK = 2**14  # pair path: the gathered texts of a block stay in cache
 
 
 def block_sizes(n_owner: int, n_partner: int, dim: int, frames: int, ctx_len: int, heads: int, layers: int,
@@ -713,7 +714,7 @@ def fast_pair_similarity(scorer: PairScorer, t: Tensor, f: Tensor, video_mask: T
     itemsize = t.element_size()
     bo, _ = block_sizes(N_v, 1, D, Fr, Fr, heads, n_layers, False, itemsize, memory_budget)
     per_pair = itemsize * (Fr * 4 + heads * Fr * 12 + 64 + D + 1)
-    bo = int(max(1, min(bo, PAIRS_PER_BLOCK // g_max, (0.4 * memory_budget) // (per_pair * g_max))))
+    bo = int(max(1, min(bo, GATHERED_PAIRS_PER_BLOCK // g_max, (0.4 * memory_budget) // (per_pair * g_max))))
     tz_all = None
     for j in range(0, N_v, bo):
         vid = order[j:j + bo]

@@ -3,10 +3,11 @@ videos with exact GARE scores.
 
 Stage 1 is a dual-encoder product ``[N_t, N_v]`` (``vbar_j``: the masked frame mean of the temporal
 outputs). Stage 2 scores only the ``N_t * K`` selected pairs: with frame context through
-:func:`~gare.model.fast_scorer.fast_pair_similarity` (pairs grouped by video, exact), otherwise with the
-scorer on each text block's candidate videos. Pairs outside a text's top K get ``stage-1 cosine - 3``,
-which lies in ``[-4, -2]``, strictly below every GARE score (a cosine, ``>= -1``), so each row ranks the
-reranked videos first (by GARE) and the rest after them (by the stage-1 cosine).
+:func:`~gare.model.fast_scorer.fast_pair_similarity` (pairs grouped by video, exact), otherwise (word
+context, or ``fast=False``: the reference scorer) text by text against its K candidates. Pairs outside
+a text's top K get ``stage-1 cosine - 3``, which lies in ``[-4, -2]``, strictly below every GARE score
+(a cosine, ``>= -1``), so each row ranks the reranked videos first (by GARE) and the rest after them
+(by the stage-1 cosine).
 """
 
 from __future__ import annotations
@@ -89,21 +90,29 @@ def _rerank(out: Tensor, scorer, t: Tensor, v: Tensor, video_mask: Tensor | None
         vids = torch.arange(N_v, device=cand.device)[:, None].expand_as(by_video)[valid]
         out[by_video[valid], vids] = s[valid].to(out.dtype)
         return
-    # other configurations: score each small block of texts against the union of their candidates
+    # the other cases score exactly the K * N_t needed pairs, one psi context at a time: frame context
+    # (reference scorer) video by video against the texts that picked it, word context text by text
+    # against its K candidate videos
     use_fast = fast and supports(scorer)
-    bt = max(1, min(N_t, 16))
-    for i in range(0, N_t, bt):
-        ci = cand[i:i + bt]
-        union, inv = torch.unique(ci, return_inverse=True)  # inv [bt, K]: positions in union
-        vm = video_mask[union] if video_mask is not None else None
-        wi = words[i:i + bt] if words is not None else None
-        wmi = word_mask[i:i + bt] if word_mask is not None else None
+    if scorer.psi is None or scorer.cfg.context == "frames":
+        by_video = candidates_by_video(cand, N_v)
+        for j in range(N_v):
+            idx = by_video[j][by_video[j] >= 0]
+            if idx.numel() == 0:
+                continue
+            vm = video_mask[j:j + 1] if video_mask is not None else None
+            out[idx, j] = scorer(t[idx], v[j:j + 1], vm).sim[:, 0].to(out.dtype)
+        return
+    for i in range(N_t):
+        ci = cand[i]
+        vm = video_mask[ci] if video_mask is not None else None
+        wi = words[i:i + 1] if words is not None else None
+        wmi = word_mask[i:i + 1] if word_mask is not None else None
         if use_fast:
-            S = fast_similarity(scorer, t[i:i + bt], v[union], vm, words=wi, word_mask=wmi,
-                                memory_budget=memory_budget)
+            s = fast_similarity(scorer, t[i:i + 1], v[ci], vm, words=wi, word_mask=wmi, memory_budget=memory_budget)
         else:
-            S = scorer.similarity(t[i:i + bt], v[union], vm, words=wi, word_mask=wmi, memory_budget=memory_budget)
-        out[i:i + bt].scatter_(1, ci, S.gather(1, inv).to(out.dtype))
+            s = scorer(t[i:i + 1], v[ci], vm, wi, wmi).sim
+        out[i, ci] = s[0].to(out.dtype)
 
 
 def topk_agreement(S_exact: Tensor, S_two_stage: Tensor, n: int = 10) -> float:
