@@ -10,9 +10,11 @@ from torch import nn
 from gare.config import PsiConfig, ScorerConfig
 from gare.model import PairScorer
 from gare.model.fast_scorer import (
+    PAIRS_PER_BLOCK,
     block_sizes,
     fast_pair_similarity,
     fast_similarity,
+    reference_is_cheaper,
     supports,
     supports_pairs,
 )
@@ -87,8 +89,9 @@ def test_fast_equals_reference_every_option(pooling, query, context, side):
         t, f, vm, words, wm = _inputs(seed=k, masked=masked)
         ref64 = _reference(sc, t, f, vm, words, wm)
         ref32 = _reference(sc, t, f, vm, words, wm, torch.float32)
-        fast32 = fast_similarity(sc, t, f, vm, words=words, word_mask=wm)
-        fast64 = fast_similarity(sc.double(), t.double(), f.double(), vm, words=words.double(), word_mask=wm)
+        fast32 = fast_similarity(sc, t, f, vm, words=words, word_mask=wm, auto_reference=False)
+        fast64 = fast_similarity(sc.double(), t.double(), f.double(), vm, words=words.double(), word_mask=wm,
+                                 auto_reference=False)
         sc.float()
         label = f"eta={eta} heads={heads} layers={layers} masked={masked}"
         assert fast32.dtype == torch.float32 and fast32.shape == (N_T, N_V)
@@ -132,8 +135,9 @@ def test_blocks_sized_by_budget_give_the_same_matrix(context):
 
 def test_block_sizes_follow_the_budget():
     big = block_sizes(5000, 1000, 512, 12, 12, 1, 1, False, 4, 2 * 2**30)
-    small = block_sizes(5000, 1000, 512, 12, 12, 1, 1, False, 4, 64 * 2**20)
-    assert big[0] * big[1] > 8 * small[0] * small[1]
+    assert PAIRS_PER_BLOCK // 2 <= big[0] * big[1] <= PAIRS_PER_BLOCK  # cache-sized blocks
+    small = block_sizes(5000, 1000, 512, 12, 12, 1, 1, False, 4, 8 * 2**20)
+    assert big[0] * big[1] > 4 * small[0] * small[1]
     assert block_sizes(10, 10, 512, 12, 12, 1, 1, False, 4, 1) == (1, 1)
     assert block_sizes(10, 7, 32, 5, 5, 1, 1, False, 4, 2**40) == (10, 7)
 
@@ -208,3 +212,22 @@ def test_pair_scores_equal_the_matrix(pooling, query, side):
         vids = torch.arange(13)[:, None].expand_as(idx)
         assert (S[valid] - full[idx[valid], vids[valid]]).abs().max() < 1e-6
         assert torch.isnan(S[~valid]).all()
+
+
+@pytest.mark.parametrize("context", ["frames", "words"])
+def test_few_texts_use_the_cheaper_reference_with_the_same_scores(context):
+    sc = _scorer(seed=7, context=context)
+    t, f, vm, words, wm = _inputs(seed=7, masked=True)
+    # frame context: 1 text vs F=5 frames per video -> the reference is cheaper; 6 texts -> the fast path
+    assert reference_is_cheaper(sc, 1, N_V, F_, L) == (context == "frames")
+    assert not reference_is_cheaper(sc, N_T, N_V, F_, L)
+    assert reference_is_cheaper(sc, N_T, 1, F_, L) == (context == "words")
+    ref = _reference(sc, t, f, vm, words, wm)
+    for n_t, n_v in ((1, N_V), (N_T, 1)):
+        for auto in (True, False):
+            out = fast_similarity(sc, t[:n_t], f[:n_v], vm[:n_v], words=words[:n_t], word_mask=wm[:n_t],
+                                  auto_reference=auto)
+            assert (out.double() - ref[:n_t, :n_v]).abs().max() < TOL32
+    assert not sc.training
+    nd = PairScorer(ScorerConfig(use_delta=False), D)
+    assert not reference_is_cheaper(nd, 1, 1, F_)

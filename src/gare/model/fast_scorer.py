@@ -620,17 +620,43 @@ def _shape_info(plan: _Plan) -> tuple[int, int]:
     return (plan.layers[0].heads, len(plan.layers)) if plan.use_delta else (1, 0)
 
 
+def reference_is_cheaper(scorer: PairScorer, n_texts: int, n_videos: int, frames: int,
+                         words_len: int | None = None) -> bool:
+    """Whether the per-pair reference costs less than the fast path for this many texts and videos.
+
+    The fast path spends about ``4 F D^2`` per context owner (a video, or a text with word context) on its
+    bases and then ``O(F D)`` per pair; the reference spends ``2 F D^2`` per owner (keys and values) and
+    about ``4 D^2`` per pair. With a handful of partners per owner (a single search query against K
+    candidates) the reference is cheaper: measured crossover near ``3F/4`` partners on a 2-core CPU.
+    """
+    if scorer.psi is None:
+        return False
+    if scorer.cfg.context == "words":
+        return 4 * n_videos < 3 * (words_len or 1)
+    return 4 * n_texts < 3 * frames
+
+
 @torch.no_grad()
 def fast_similarity(scorer: PairScorer, t: Tensor, f: Tensor, video_mask: Tensor | None = None, *,
                     words: Tensor | None = None, word_mask: Tensor | None = None,
-                    memory_budget: int = 256 * 2**20) -> Tensor:
+                    memory_budget: int = 256 * 2**20, auto_reference: bool = True) -> Tensor:
     """Exact inference scores ``[N_t, N_v]`` (same numbers as :meth:`PairScorer.forward` in eval mode).
 
     ``t [N_t, D]`` texts, ``f [N_v, F, D]`` temporal outputs, ``video_mask [N_v, F]`` (True = valid),
     ``words [N_t, L, D]`` + ``word_mask [N_t, L]`` for word context. Work is done in blocks so the
     working set stays near ``memory_budget`` bytes (plus the output). Half-precision inputs are
-    computed in float32 (the LayerNorm statistics come from Gram matrices).
+    computed in float32 (the LayerNorm statistics come from Gram matrices). With ``auto_reference``
+    the blockwise reference is used where it is cheaper (:func:`reference_is_cheaper`: very few texts,
+    e.g. one search query); both give the same scores.
     """
+    if auto_reference and supports(scorer) and reference_is_cheaper(
+            scorer, t.shape[0], f.shape[0], f.shape[1], words.shape[1] if words is not None else None):
+        was_training = scorer.training
+        scorer.eval()
+        try:
+            return scorer.similarity(t, f, video_mask, words=words, word_mask=word_mask, memory_budget=memory_budget)
+        finally:
+            scorer.train(was_training)
     out_dtype = t.dtype
     plan, t, f, video_mask = _setup(scorer, t, f, video_mask)
     N_t, N_v, Fr, D = t.shape[0], f.shape[0], f.shape[1], f.shape[2]
