@@ -132,3 +132,19 @@ def test_same_id_with_two_segments_is_refused(tmp_path, split):
     items = [VideoItem(it.video_id, it.path, ["a"], 0.0, 1.0), VideoItem(it.video_id, it.path, ["b"], 1.0, 2.0)]
     with pytest.raises(ValueError, match="different segments"):
         FrameStore.build(items, tmp_path / "s", workers=1, **SETTINGS)
+
+
+def test_changed_video_files_are_decoded_again(split, tmp_path):
+    import shutil
+
+    a, b = split.items[0], split.items[1]
+    work = tmp_path / "v.mp4"
+    shutil.copy(a.path, work)
+    items = [VideoItem("x", str(work), ["c"])]
+    store = FrameStore.build(items, tmp_path / "s", workers=1, **SETTINGS)
+    first = store.get("x")[0]
+    shutil.copy(b.path, work)  # the file is replaced (e.g. a regenerated dataset)
+    store = FrameStore.build(items, tmp_path / "s", workers=1, **SETTINGS)
+    again = store.get("x")[0]
+    np.testing.assert_array_equal(again, sample_frames(b.path, size=48, framerate=2.0, max_frames=6)[0])
+    assert not np.array_equal(first, again)

@@ -1,19 +1,26 @@
 """Data layer: decoding and sampling (video), frame store (cache), annotation readers (datasets), the
 generated moving-shapes dataset (synthetic), noisy correspondence (noise), torch datasets (loader) and
-bad-input reporting (report). It never imports the model.
+bad-input reporting (report). It never imports the model. See docs/data.md.
 """
 
+from .cache import FrameStore, StoreSettingsError
 from .datasets import Split, VideoItem, load_split
+from .noise import corrupt_captions, noisy_train_pairs
 from .report import BadInputReport, TooManyBadInputs
-from .video import FrameTransform, VideoDecodeError, sample_frames
+from .video import FrameTransform, VideoDecodeError, resize_center_crop, sample_frames
 
 __all__ = [
     "BadInputReport",
+    "FrameStore",
     "FrameTransform",
     "Split",
+    "StoreSettingsError",
     "TooManyBadInputs",
     "VideoDecodeError",
     "VideoItem",
+    "corrupt_captions",
     "load_split",
+    "noisy_train_pairs",
+    "resize_center_crop",
     "sample_frames",
 ]

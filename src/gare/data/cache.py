@@ -114,20 +114,37 @@ class FrameStore:
             _check_settings(out, meta["settings"], settings)
             old_ids = list(meta["ids"])
         else:
-            meta = {"version": STORE_VERSION, "settings": settings, "ids": [], "paths": [], "segments": []}
+            meta = {"version": STORE_VERSION, "settings": settings, "ids": [], "paths": [], "segments": [],
+                    "stamps": []}
             old_ids = []
-        known = set(old_ids)
+        meta.setdefault("stamps", [None] * len(old_ids))
+        known = {v: i for i, v in enumerate(old_ids)}
         new = [it for it in items if it.video_id not in known]
         for it in new:
             meta["ids"].append(it.video_id)
             meta["paths"].append(str(it.path))
             meta["segments"].append([it.start, it.end])
+            meta["stamps"].append(None)
         n = len(meta["ids"])
         _resize_arrays(out, n, max_frames, size)
+        status = np.memmap(out / "status.u8", dtype=np.uint8, mode="r+", shape=(n,))
+        # A video whose file, path or segment changed since it was decoded is decoded again.
+        stale = 0
+        for it in items:
+            i = known.get(it.video_id)
+            if i is None or status[i] == PENDING:
+                continue
+            if (meta["paths"][i] != str(it.path) or meta["segments"][i] != [it.start, it.end]
+                    or meta["stamps"][i] != _stamp(it.path)):
+                meta["paths"][i], meta["segments"][i] = str(it.path), [it.start, it.end]
+                status[i] = PENDING
+                stale += 1
+        if stale:
+            log.info("frame store %s: %d videos changed since they were decoded; decoding them again", out, stale)
+        status.flush()
         _write_json_atomic(mpath, meta)
 
         store = cls(out, meta)
-        status = np.memmap(out / "status.u8", dtype=np.uint8, mode="r+", shape=(n,))
         wanted = {it.video_id for it in items}
         todo = [i for i, v in enumerate(meta["ids"]) if v in wanted and status[i] == PENDING]
         rep = BadInputReport.coerce(report) if report is not None else None
@@ -146,6 +163,7 @@ class FrameStore:
             fail_f = open(out / "failures.jsonl", "a", encoding="utf-8")
             try:
                 for i, err in results:
+                    meta["stamps"][i] = _stamp(meta["paths"][i])
                     if err is None:
                         status[i] = DONE
                     else:
@@ -164,6 +182,7 @@ class FrameStore:
                         bar.update(1)
             finally:
                 status.flush()
+                _write_json_atomic(mpath, meta)
                 fail_f.close()
                 if bar is not None:
                     bar.close()
@@ -243,6 +262,15 @@ def _check_settings(path: Path, have: dict, want: dict) -> None:
             raise StoreSettingsError(
                 f"frame store {path} was built with {k}={h!r} but {k}={v!r} was asked for; rebuild it "
                 f"(`gare data cache` with {k}={v}) into another folder or use matching settings")
+
+
+def _stamp(path) -> list | None:
+    """[size, mtime_ns] of a file (None if it does not exist): tells when a video changed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
 def _write_json_atomic(path: Path, obj) -> None:

@@ -268,7 +268,7 @@ def _parse_options(pairs: list[str]) -> dict:
 def cmd_cache(args) -> int:
     from .cache import FrameStore
     from .datasets import load_split
-    from .report import BadInputReport
+    from .report import VIDEO_KINDS, BadInputReport
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -279,7 +279,7 @@ def cmd_cache(args) -> int:
     store = FrameStore.build(split, out, framerate=args.framerate, max_frames=args.max_frames, size=args.size,
                              backend=args.backend, workers=args.workers, report=report, progress=True)
     failed = sum(1 for it in split.items if it.video_id not in store)
-    report.check(split.meta["listed_videos"], what=f"videos of {args.dataset}/{args.split}", kinds=None)
+    report.check(split.meta["listed_videos"], what=f"videos of {args.dataset}/{args.split}", kinds=VIDEO_KINDS)
     print(json.dumps({"store": str(out), "videos": len(split.items), "failed": failed,
                       "seconds": round(time.time() - t0, 1)}))
     return 0

@@ -31,13 +31,14 @@ import math
 import multiprocessing as mp
 import os
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: deterministic encoder settings (single-threaded x264, no mbtree, numpy YUV)
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),
@@ -441,17 +442,31 @@ def render(desc, render_seed, *, size: int = 112, fps: int = 8, duration: float 
 def rgb_to_yuv420p(img: np.ndarray) -> np.ndarray:
     """uint8 RGB [H, W, 3] -> uint8 [H * 3 // 2, W] planar YUV 4:2:0 (BT.601, limited range).
 
-    Done in numpy rather than by swscale, whose SIMD paths depend on buffer alignment and so would make
-    the encoded bytes differ between runs.
+    Integer arithmetic in numpy rather than swscale, whose SIMD paths depend on buffer alignment (and
+    rather than float, whose reductions may too), so the encoded bytes are the same in every run.
     """
-    f = img.astype(np.float32)
+    f = img.astype(np.int32)
     h, w = img.shape[:2]
-    y = 16.0 + (65.481 * f[..., 0] + 128.553 * f[..., 1] + 24.966 * f[..., 2]) / 255.0
-    q = f.reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3))  # 2x2 average before chroma conversion
-    u = 128.0 + (-37.797 * q[..., 0] - 74.203 * q[..., 1] + 112.0 * q[..., 2]) / 255.0
-    v = 128.0 + (112.0 * q[..., 0] - 93.786 * q[..., 1] - 18.214 * q[..., 2]) / 255.0
-    planes = [np.clip(np.rint(p), 0, 255).astype(np.uint8) for p in (y, u, v)]
+    r, g, b = f[..., 0], f[..., 1], f[..., 2]
+    y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
+    q = f.reshape(h // 2, 2, w // 2, 2, 3).sum(axis=(1, 3))  # 2x2 sums (exact), 4x the mean
+    rs, gs, bs = q[..., 0], q[..., 1], q[..., 2]
+    u = ((-38 * rs - 74 * gs + 112 * bs + 512) >> 10) + 128
+    v = ((112 * rs - 94 * gs - 18 * bs + 512) >> 10) + 128
+    planes = [np.clip(p, 0, 255).astype(np.uint8) for p in (y, u, v)]
     return np.concatenate([planes[0], planes[1].reshape(h // 4, w), planes[2].reshape(h // 4, w)], axis=0)
+
+
+def _yuv_frame(av, planar: np.ndarray, w: int, h: int):
+    """A yuv420p VideoFrame from [H * 3 // 2, W] planes, with the row padding zeroed (not left as
+    uninitialized memory, which the encoder's SIMD code may read)."""
+    frame = av.VideoFrame(w, h, "yuv420p")
+    rows = (planar[:h], planar[h:h + h // 4].reshape(h // 2, w // 2), planar[h + h // 4:].reshape(h // 2, w // 2))
+    for plane, data in zip(frame.planes, rows):
+        buf = np.zeros((plane.height, plane.line_size), dtype=np.uint8)
+        buf[:, :data.shape[1]] = data
+        plane.update(buf.tobytes())
+    return frame
 
 
 def encode_mp4(frames: np.ndarray, path, *, fps: int = 8, crf: int = 20) -> None:
@@ -464,14 +479,18 @@ def encode_mp4(frames: np.ndarray, path, *, fps: int = 8, crf: int = 20) -> None
         s = c.add_stream("libx264", rate=fps)
         s.width, s.height = int(frames.shape[2]), int(frames.shape[1])
         s.pix_fmt = "yuv420p"
-        # Threads off everywhere (frame, slice and lookahead): x264 output is then byte-identical across
-        # runs; with FFmpeg's default threading it is not.
+        # Threads off everywhere (frame, slice and lookahead) and no macroblock tree: x264 output is then
+        # byte-identical across runs and processes; with FFmpeg's default threading, or with mbtree, the
+        # bytes (and decoded pixels) vary from run to run.
         s.codec_context.thread_count = 1
         s.codec_context.thread_type = "NONE"
         s.options = {"crf": str(crf), "preset": "veryfast", "g": str(4 * fps),
-                     "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0"}
-        for img in frames:
-            yuv = av.VideoFrame.from_ndarray(rgb_to_yuv420p(img), format="yuv420p")
+                     "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0:mbtree=0"}
+        h, w = int(frames.shape[1]), int(frames.shape[2])
+        for k, img in enumerate(frames):
+            yuv = _yuv_frame(av, rgb_to_yuv420p(img), w, h)
+            yuv.pts = k  # explicit timestamps: x264's rate control reads them
+            yuv.time_base = Fraction(1, fps)
             for pkt in s.encode(yuv):
                 c.mux(pkt)
         for pkt in s.encode():
