@@ -1,8 +1,10 @@
-"""Search quality with a trained model: index the test videos, query every test caption (slow).
+"""Search quality with a trained model: index the demo's test videos, query every test caption (slow).
 
-The model is the demo's (``runs/demo/gare/best.safetensors`` after ``gare demo``, or the checkpoint named by
-``GARE_SEARCH_MODEL``) with the data it was trained on; without one, a reduced demo model is trained here
-through the public trainer (a few minutes on a CPU).
+Needs the demo's model and data: ``runs/demo/gare/best.safetensors`` written by ``gare demo`` (``make demo``),
+whose stored run config names the dataset folder; ``GARE_SEARCH_MODEL=path/to/best.safetensors`` names another
+trained checkpoint. Without one the tests skip and say so. (Training a reduced model here was measured and
+left out: 300 videos, batch 32, 200 steps took 8.4 CPU-minutes on 2 cores and reached only 65% top-5 on its
+60 test videos, so no model fast enough to train inside a test meets the 80% bar.)
 """
 
 import json
@@ -22,9 +24,6 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_MODEL = REPO / "runs" / "demo" / "gare" / "best.safetensors"
-# the reduced model trained when no demo model exists: the demo recipe on fewer videos and steps
-REDUCED = ["data.synthetic_videos=300", "train.batch_size=32", "train.max_steps=200", "train.eval_every=50",
-           "train.tensorboard=false", "train.log_every=50"]
 
 
 def _run_data_dir(ckpt: Path) -> Path | None:
@@ -40,26 +39,18 @@ def _run_data_dir(ckpt: Path) -> Path | None:
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> tuple[Path, Path, str]:
-    """(checkpoint, dataset folder holding annotations.jsonl, where the model came from)."""
+def trained() -> tuple[Path, Path, str]:
+    """(checkpoint, dataset folder holding annotations.jsonl, a label)."""
     named = os.environ.get("GARE_SEARCH_MODEL")
     ckpt = Path(named) if named else DEMO_MODEL
-    if ckpt.exists():
-        data = _run_data_dir(ckpt)
-        if data is not None and (data / "annotations.jsonl").exists():
-            return ckpt, data, f"{ckpt}"
+    if not ckpt.exists():
         if named:
-            pytest.fail(f"GARE_SEARCH_MODEL={named}: its run config names no dataset with annotations.jsonl")
-    from gare.config import load_config
-    from gare.train.trainer import train
-
-    root = tmp_path_factory.mktemp("reduced-demo")
-    cfg = load_config(REPO / "configs" / "demo.yaml",
-                      [f"data.videos={root / 'shapes'}", f"train.output_dir={root / 'run'}", *REDUCED])
-    t0 = time.perf_counter()
-    train(cfg, show_progress=False)
-    origin = f"reduced demo model trained in {time.perf_counter() - t0:.0f} s"
-    return root / "run" / "best.safetensors", root / "shapes", origin
+            pytest.fail(f"GARE_SEARCH_MODEL={named} does not exist")
+        pytest.skip(f"no trained model at {ckpt}: run `make demo` (or set GARE_SEARCH_MODEL=CHECKPOINT)")
+    data = _run_data_dir(ckpt)
+    if data is None or not (data / "annotations.jsonl").exists():
+        pytest.fail(f"{ckpt}: its run config names no dataset folder with annotations.jsonl ({data})")
+    return ckpt, data, str(ckpt.relative_to(REPO) if ckpt.is_relative_to(REPO) else ckpt)
 
 
 @pytest.fixture(scope="session")
@@ -107,4 +98,4 @@ def test_search_top5_equals_the_evaluation_protocol_r5(trained, search_run):
     from gare.evaluate.run import evaluate_checkpoint
 
     res = evaluate_checkpoint(trained[0], split="test", device="cpu")
-    assert abs(res["t2v"]["R5"] - 100 * search_run["rate"]) <= 1.0, (res["markdown"], search_run["rate"])
+    assert abs(res["t2v"]["R5"] - 100 * search_run["rate"]) <= 0.5, (res["markdown"], search_run["rate"])

@@ -23,13 +23,13 @@ def _fail(msg: str) -> int:
 
 
 def cmd_index(a) -> int:
-    from .index import SearchIndexError, build_index
+    from .index import build_index
 
     try:
         report = build_index(a.video_dir, a.model, a.out, update=a.update, framerate=a.framerate,
                              max_frames=a.max_frames, backend=a.backend, dtype=a.dtype, batch_size=a.batch_size,
                              workers=a.workers, device=_device(a.device), progress=not a.no_progress)
-    except (SearchIndexError, ValueError) as e:
+    except ValueError as e:  # SearchIndexError, IndexMismatchError, bad options
         return _fail(str(e))
     if a.json:
         print(json.dumps(vars(report), indent=2))
@@ -39,22 +39,25 @@ def cmd_index(a) -> int:
 
 
 def _open(a):
+    import logging
+
     from .search import SearchEngine
+
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader logs every CPU-feature probe at INFO
 
     return SearchEngine.open(a.index, model=a.model, device=_device(a.device), rerank_k=a.rerank_k,
                              first_stage=a.first_stage, nprobe=a.nprobe, root=a.root)
 
 
 def cmd_search(a) -> int:
-    from .index import SearchIndexError
-    from .search import QueryError, validate_k, validate_query
+    from .search import validate_k, validate_query
 
     try:
         validate_query(a.query)
         validate_k(a.k)
         engine = _open(a)
         hits = engine.search(a.query, a.k)
-    except (QueryError, SearchIndexError) as e:
+    except ValueError as e:  # QueryError, SearchIndexError, bad options
         return _fail(str(e))
     if a.json:
         print(json.dumps({"query": " ".join(a.query.split()), "k": a.k, "index": a.index,
@@ -70,11 +73,10 @@ def cmd_search(a) -> int:
 
 def cmd_serve(a) -> int:
     from .app import serve
-    from .index import SearchIndexError
 
     try:
         engine = _open(a)
-    except SearchIndexError as e:
+    except ValueError as e:  # SearchIndexError, bad options
         return _fail(str(e))
     serve(engine, host=a.host, port=a.port, log_level="debug" if a.verbose else "info")
     return 0
@@ -101,7 +103,8 @@ def add_search_commands(sub) -> None:
     i.add_argument("--framerate", type=float, default=None, help="frames per second sampled (default: the model's)")
     i.add_argument("--max-frames", type=int, default=None, help="frames per video (default: the model's)")
     i.add_argument("--backend", choices=["pyav", "opencv", "decord"], default=None, help="video decoder")
-    i.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored embedding type")
+    i.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                   help="stored frame embeddings: float32 (exact) or float16 (half the size, slightly less exact)")
     i.add_argument("--batch-size", type=int, default=16)
     i.add_argument("--workers", type=int, default=2, help="decoding threads")
     i.add_argument("--device", default="auto", help="cpu, cuda or auto")

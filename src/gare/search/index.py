@@ -7,7 +7,7 @@ An index is a folder::
                      reasons, and the settings the index was built with (model hash, sampling settings)
     shards/*.safetensors
                      embeddings, a few hundred videos per file: ``ids`` int64 [n], ``frames`` [n, F, D]
-                     (temporal-module outputs, float16 by default: what the GARE scorer reranks),
+                     (temporal-module outputs, float32 by default, float16 on request: what the GARE scorer reranks),
                      ``mask`` bool [n, F] and ``mean`` float32 [n, D] (vbar, the first-stage embedding)
     thumbs/<id>.jpg  a strip of a few frames per video
 
@@ -89,7 +89,7 @@ class IndexSettings:
     framerate: float
     max_frames: int
     backend: str
-    dtype: str = "float16"
+    dtype: str = "float32"
 
     def differences(self, other: IndexSettings) -> list[str]:
         a, b = asdict(self), asdict(other)
@@ -326,7 +326,7 @@ def load_embeddings(index_dir: str | os.PathLike, con: sqlite3.Connection | None
         if own:
             con.close()
     F, D = int(settings["max_frames"]), int(settings["embed_dim"])
-    dtype = DTYPES[settings.get("dtype", "float16")]
+    dtype = DTYPES[settings.get("dtype", "float32")]
     n = len(rows)
     ids = np.array([r[0] for r in rows], dtype=np.int64)
     frames = torch.empty(n, F, D, dtype=dtype)
@@ -443,7 +443,7 @@ def _decode(job: tuple[Path, str], *, settings: IndexSettings, thumb_frames: int
 # ------------------------------------------------------------------------------------------- building
 def build_index(video_dir: str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike, *,
                 update: bool = False, framerate: float | None = None, max_frames: int | None = None,
-                backend: str | None = None, dtype: str = "float16", batch_size: int = 16, workers: int = 2,
+                backend: str | None = None, dtype: str = "float32", batch_size: int = 16, workers: int = 2,
                 device: str = "cpu", flush_every: int = 256, thumb_frames: int = 6, thumb_height: int = 96,
                 progress: bool = False) -> IndexReport:
     """Index (or resume / update the index of) every video file under ``video_dir``.
@@ -455,7 +455,8 @@ def build_index(video_dir: str | os.PathLike, model: str | os.PathLike, out: str
         update: also drop deleted files and re-encode changed ones.
         framerate, max_frames, backend: frame sampling (default: the checkpoint's training settings,
             else 1 fps, 12 frames, pyav).
-        dtype: storage type of the frame embeddings, "float16" (default) or "float32".
+        dtype: storage type of the frame embeddings: "float32" (default; search scores equal the evaluation
+            protocol's) or "float16" (half the size; rounding can reorder close scores).
         batch_size: videos per encoder call. workers: decoding threads. flush_every: videos per commit.
         progress: show a progress bar on stderr.
 
@@ -544,7 +545,7 @@ def _check_existing(meta: dict, out: Path, root: Path, model_id: str, samp: dict
     for k in ("framerate", "max_frames", "backend"):
         if old[k] != samp[k] and not (k == "framerate" and float(old[k]) == float(samp[k])):
             diff.append(f"{k}: index has {old[k]!r}, asked for {samp[k]!r}")
-    if old.get("dtype", "float16") != dtype:
+    if old.get("dtype", "float32") != dtype:
         diff.append(f"dtype: index has {old.get('dtype')!r}, asked for {dtype!r}")
     if diff:
         raise IndexMismatchError(_mismatch_message(out, diff))
