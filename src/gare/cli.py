@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 log = logging.getLogger("gare")
 
@@ -56,6 +57,20 @@ def cmd_features(a) -> int:
 
     cfg = load_config(a.config, a.overrides)
     print(extract_features(cfg, a.out))
+    return 0
+
+
+def cmd_bench(a) -> int:
+    import runpy
+
+    root = Path(__file__).resolve().parents[2] / "benchmarks"
+    script = root / ("run_all.py" if a.name == "all" else f"bench_{a.name}.py")
+    if not script.exists():
+        print(f"gare: no benchmark '{a.name}' ({script} not found; benchmarks live in the source checkout)",
+              file=sys.stderr)
+        return 2
+    sys.argv = [str(script), *a.args]
+    runpy.run_path(str(script), run_name="__main__")
     return 0
 
 
@@ -127,12 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
         add_search_commands(sub)
     except ImportError as exc:
         log.debug("search commands unavailable: %s", exc)
-    try:
-        from .bench import add_bench_command
+    from .experiments import add_sweep_command
 
-        add_bench_command(sub)
-    except ImportError as exc:
-        log.debug("bench command unavailable: %s", exc)
+    add_sweep_command(sub)
+    b = sub.add_parser("bench", help="run the benchmarks under benchmarks/ (prints measured ratios)")
+    b.add_argument("name", nargs="?", default="all", help="scorer | memory | two_stage | train_step | data | all")
+    b.add_argument("args", nargs=argparse.REMAINDER)
+    b.set_defaults(func=cmd_bench)
     return p
 
 
