@@ -58,14 +58,18 @@ def measure(model, t, v, mask, k: int, repeats: int, fast: bool = True) -> tuple
 
 
 def encode_checkpoint_split(path: str, split: str):
-    """Model, texts ``[N_q, D]``, videos ``[N_v, F, D]``, mask and the video of each text, of a run's split."""
+    """Model, texts ``[N_q, D]``, videos ``[N_v, F, D]``, mask and the video of each text, of a run's split.
+
+    Read-only on the data: a generated (synthetic) dataset is read from its folder as it is (never
+    regenerated here: that folder may be shared), videos are decoded directly (no frame store is built).
+    """
     from gare.config import Config, _coerce
+    from gare.data.datasets import load_split
     from gare.data.loader import VideoDataset, collate
     from gare.data.video import FrameTransform
     from gare.evaluate.protocol import encode_texts, encode_videos
     from gare.evaluate.run import run_config_of
     from gare.model.gare import load_model
-    from gare.train.data import resolve_data
 
     ckpt = Path(path)
     if ckpt.is_dir():
@@ -75,11 +79,19 @@ def encode_checkpoint_split(path: str, split: str):
         raise SystemExit(f"{ckpt} carries no run config (train it with `gare train` / `gare demo`)")
     cfg = _coerce(d, Config, "")
     model = load_model(ckpt).eval()
-    data = resolve_data(cfg, splits=(split,), image_size=model.image_size)
-    sp = data.splits[split]
+    if cfg.data.dataset == "synthetic":
+        root = Path(cfg.data.videos or "data/shapes")
+        ann = root / "annotations.jsonl"
+        if not ann.exists():
+            raise FileNotFoundError(f"{ann} not found: generate the demo data first (gare demo / gare data synth)")
+        sp = load_split("jsonl", split, annotations=ann, videos=root)
+    else:
+        from gare.train.data import resolve_data
+
+        sp = resolve_data(cfg, splits=(split,), image_size=model.image_size).splits[split]
     texts, qv = sp.queries()
     vds = VideoDataset(sp, framerate=cfg.data.framerate, max_frames=cfg.data.max_frames,
-                       transform=FrameTransform(model.image_size, train=False), store=data.store)
+                       transform=FrameTransform(model.image_size, train=False))
     t = encode_texts(model, texts)
     v, m = encode_videos(model, vds, batch_size=cfg.train.eval_batch_size, workers=0, collate=collate)
     return model, t, v, m, list(qv)
