@@ -383,3 +383,15 @@ def test_cli_entry_point_prints_json(built_index, engine):
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert [h["id"] for h in res["results"]] == [h.id for h in engine.search("a purple cross shrinks", k=4)]
+
+
+def test_a_folder_of_only_damaged_files_gives_an_empty_searchable_index(tiny_ckpt, tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / "a.mp4").write_bytes(b"")
+    (folder / "b.mkv").write_bytes(b"not a video at all")
+    (folder / "notes.txt").write_text("not a video file: ignored")
+    rep = build_index(folder, tiny_ckpt, tmp_path / "index")
+    assert (rep.total, rep.added, rep.new_damaged) == (0, 0, 2)
+    eng = SearchEngine.open(tmp_path / "index")
+    assert len(eng) == 0 and eng.search("a red circle", k=5) == [] and eng.info()["damaged"] == 2
