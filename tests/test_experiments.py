@@ -29,6 +29,7 @@ from gare.objectives import GareLossConfig, gare_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 EXP = ROOT / "configs" / "experiments"
+TINY = EXP / "tiny-shapes.yaml"  # the recipe the grids build on (a frozen copy of the demo recipe of their runs)
 GRIDS = sorted(p for p in EXP.glob("*.yaml") if "variants" in (yaml.safe_load(p.read_text()) or {}))
 RECIPES = sorted(p for p in EXP.glob("*.yaml") if p not in GRIDS)
 
@@ -53,7 +54,7 @@ def micro_overrides(shapes_dir) -> list[str]:
 
 
 def write_grid(tmp_path, shapes_dir, variants, seeds=(0, 1), **extra) -> Path:
-    g = {"name": "micro", "recipe": str(ROOT / "configs" / "demo.yaml"), "seeds": list(seeds), "steps": 2,
+    g = {"name": "micro", "recipe": str(TINY), "seeds": list(seeds), "steps": 2,
          "overrides": micro_overrides(shapes_dir), "output": str(tmp_path / "runs"),
          "results": str(tmp_path / "results" / "micro"), "variants": variants, **extra}
     p = tmp_path / "grid.yaml"
@@ -112,6 +113,14 @@ def test_micro_grid_table_matches_per_run_results(shapes_dir, tmp_path):
     md = grid.results.with_suffix(".md").read_text()
     assert "gare sweep grid.yaml\n# table rebuilt with: gare sweep grid.yaml --table-only" in md
     assert "2 steps per run; 4/4 runs finished" in md
+    # a finished run counts only for exactly its resolved config: an edited recipe or override trains again
+    from gare.experiments import _done
+
+    v0 = grid.variants[0]
+    assert _done(grid.run_dir(v0, 0), resolve_run(grid, v0, 0))
+    grid.overrides.append("loss.alpha=3")
+    assert not _done(grid.run_dir(v0, 0), resolve_run(grid, v0, 0))
+    assert collect(grid) == {}
 
 
 def test_single_seed_shows_value_without_std(tmp_path):
@@ -345,14 +354,14 @@ def test_exported_backbone_loads_as_weights_and_encodes_identically(tmp_path):
     from gare.model import GareModel
     from gare.model.gare import load_model
 
-    cfg = load_config(ROOT / "configs" / "demo.yaml", [MICRO_ARCH, "model.temporal.layers=1"])
+    cfg = load_config(TINY, [MICRO_ARCH, "model.temporal.layers=1"])
     torch.manual_seed(5)
     model = GareModel(cfg.model)
     model.save(tmp_path / "m.safetensors")
     export_backbone(tmp_path / "m.safetensors", tmp_path / "towers.pt")
     again = load_model(tmp_path / "m.safetensors")
-    cfg2 = load_config(ROOT / "configs" / "demo.yaml", [MICRO_ARCH, "model.temporal.layers=1",
-                                                        f"model.backbone.weights={tmp_path / 'towers.pt'}"])
+    cfg2 = load_config(TINY, [MICRO_ARCH, "model.temporal.layers=1",
+                              f"model.backbone.weights={tmp_path / 'towers.pt'}"])
     fresh = GareModel(cfg2.model).eval()
     ids = fresh.tokenize(["a red circle moves left", "a blue square grows"])
     torch.testing.assert_close(fresh.encode_text(ids), again.encode_text(ids), rtol=0, atol=0)
@@ -364,7 +373,7 @@ def test_diagnostics_run_logs_tension_terms_and_plot_renders_them(shapes_dir, tm
     from gare.plots import plot_run
     from gare.train.trainer import train
 
-    cfg = load_config(ROOT / "configs" / "demo.yaml", micro_overrides(shapes_dir) + [
+    cfg = load_config(TINY, micro_overrides(shapes_dir) + [
         f"train.output_dir={tmp_path / 'run'}", "train.max_steps=2", "train.diagnostics=true"])
     train(cfg, show_progress=False)
     recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

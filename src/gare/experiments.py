@@ -34,8 +34,8 @@ grid ``overrides``, ``train.max_steps``, the variant's ``overrides``, the seed k
 and the run name. Every run is an ordinary training run directory; each also gets ``sweep_run.json``
 (the overrides and the equivalent ``gare train`` command) and the test-split geometry
 (:mod:`gare.evaluate.geometry`) in its ``results.json`` under ``test_geometry``. A run whose
-``results.json`` exists with the same overrides is not run again (``--force`` reruns), so an interrupted
-sweep continues where it stopped.
+``results.json`` exists with the same resolved config is not run again (``--force`` reruns), so an interrupted
+sweep continues where it stopped; a run whose resolved config differs (an edited recipe) is trained again.
 
 The table reports, per variant, mean ± sample standard deviation (n - 1) over the seeds of test t2v
 R@1/R@5/R@10/MnR and v2t R@1 (a single seed shows the value alone).
@@ -61,7 +61,7 @@ from typing import Any
 
 import yaml
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, config_to_dict, load_config
 
 log = logging.getLogger(__name__)
 
@@ -248,12 +248,17 @@ def _rel(p: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------------------- running
-def _done(run_dir: Path, overrides: list[str]) -> bool:
+def _config_record(cfg: Config) -> dict:
+    return json.loads(json.dumps(config_to_dict(cfg), default=str))
+
+
+def _done(run_dir: Path, cfg: Config) -> bool:
+    """A finished run of exactly this resolved config (a changed recipe or override means: train again)."""
     marker = run_dir / "sweep_run.json"
     if not (run_dir / "results.json").exists() or not marker.exists():
         return False
     try:
-        return json.loads(marker.read_text()).get("overrides") == overrides
+        return json.loads(marker.read_text()).get("config") == _config_record(cfg)
     except (OSError, json.JSONDecodeError):
         return False
 
@@ -319,10 +324,10 @@ def run_one(grid: Grid, variant: Variant, seed: int, *, force: bool = False) -> 
 
     ov = run_overrides(grid, variant, seed)
     run_dir = grid.run_dir(variant, seed)
-    if not force and _done(run_dir, ov):
+    cfg = resolve_run(grid, variant, seed)
+    if not force and _done(run_dir, cfg):
         log.info("sweep %s: %s seed %d already done (%s)", grid.name, variant.name, seed, run_dir)
         return json.loads((run_dir / "results.json").read_text())
-    cfg = resolve_run(grid, variant, seed)
     if run_dir.exists():
         if not ((run_dir / "metrics.jsonl").exists() or (run_dir / "sweep_run.json").exists()
                 or not any(run_dir.iterdir())):
@@ -331,7 +336,7 @@ def run_one(grid: Grid, variant: Variant, seed: int, *, force: bool = False) -> 
     run_dir.mkdir(parents=True)
     (run_dir / "sweep_run.json").write_text(json.dumps(
         {"grid": str(grid.path), "variant": variant.name, "seed": seed, "overrides": ov,
-         "command": train_command(grid, variant, seed)}, indent=2))
+         "command": train_command(grid, variant, seed), "config": _config_record(cfg)}, indent=2))
     log.info("sweep %s: training %s seed %d -> %s", grid.name, variant.name, seed, run_dir)
     t0 = time.perf_counter()
     trainer = Trainer(cfg, show_progress=False)
@@ -358,7 +363,7 @@ def collect(grid: Grid) -> dict[str, dict[int, dict]]:
     for v in grid.variants:
         for s in grid.seeds:
             p = grid.run_dir(v, s) / "results.json"
-            if p.exists() and _done(grid.run_dir(v, s), run_overrides(grid, v, s)):
+            if p.exists() and _done(grid.run_dir(v, s), resolve_run(grid, v, s)):
                 out.setdefault(v.name, {})[s] = json.loads(p.read_text())
     return out
 
