@@ -29,6 +29,7 @@ def shapes_dir(tmp_path_factory):
 def micro_cfg(shapes_dir, out, *extra):
     return load_config("configs/demo.yaml", [
         f"data.videos={shapes_dir}", "data.synthetic_videos=40", "data.synthetic_seed=3", f"train.output_dir={out}",
+        "data.synthetic_options={}",
         MICRO_ARCH, "model.temporal.layers=1", "data.max_frames=4", "train.batch_size=8", "train.max_steps=6",
         "train.eval_every=3", "train.log_every=1", "train.tensorboard=false", "model.scorer.psi.dropout=0.3",
         "data.augment=true", *extra])

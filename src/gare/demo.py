@@ -28,6 +28,7 @@ def demo_config(out: Path, data_dir: str, *, steps: int | None, videos: int | No
         overrides.append(f"data.synthetic_videos={videos}")
     if quick:
         overrides += ["train.batch_size=16", "train.eval_every=10", "train.tensorboard=false",
+                      "data.synthetic_options={}",
                       "model.backbone.arch_cfg={embed_dim: 32, vision_cfg: {image_size: 32, layers: 1, width: 32, "
                       "patch_size: 16, head_width: 16}, text_cfg: {context_length: 77, vocab_size: 49408, width: 32, "
                       "heads: 2, layers: 1}}", "model.temporal.layers=1", "data.max_frames=4"]
