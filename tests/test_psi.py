@@ -498,3 +498,23 @@ def test_similarity_rejects_bad_inputs():
         scorer.similarity(t, f, bad)
     with pytest.raises(ValueError, match="expected text"):
         scorer.similarity(t[:, :4], f, mask)
+
+
+def test_normalized_delta_has_fixed_norm_and_uses_reference_path():
+    import torch.nn.functional as F_
+
+    from gare.config import ScorerConfig
+    from gare.model.fast_scorer import supports
+    from gare.model.scorer import PairScorer
+
+    torch.manual_seed(0)
+    base = PairScorer(ScorerConfig(), 8).eval()
+    normed = PairScorer(ScorerConfig(delta_norm=0.5), 8).eval()
+    normed.load_state_dict(base.state_dict())
+    t, f = torch.randn(3, 8), torch.randn(4, 5, 8)
+    out, ref = normed(t, f), base(t, f)
+    assert torch.allclose(out.delta.norm(dim=-1), torch.full((3, 4), 0.5), atol=1e-6)
+    assert torch.allclose(out.delta, 0.5 * F_.normalize(ref.delta, dim=-1), atol=1e-6)
+    expect = (F_.normalize(t[:, None] + out.delta, dim=-1) * F_.normalize(out.vhat, dim=-1)).sum(-1)
+    assert torch.allclose(out.sim, expect, atol=1e-6)
+    assert supports(base) and not supports(normed)

@@ -62,6 +62,7 @@ class ScorerConfig:
     eta: float = 1.0  # +1 or -1
     context: str = "frames"  # "frames" of the video | "words" of the text
     side: str = "text"  # corrected side: "text" (t + Delta) | "video" (vhat + Delta)
+    delta_norm: float | None = None  # normalized Delta (Table 6): Delta <- r Delta / ||Delta|| with r = delta_norm
     psi: PsiConfig = field(default_factory=PsiConfig)
 
 
@@ -348,6 +349,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'model.scorer.eta' must be 1 or -1, got {cfg.model.scorer.eta}")
     if cfg.model.scorer.psi.stochastic and not cfg.model.scorer.psi.log_sigma_head:
         raise ConfigError("model.scorer.psi.stochastic=true needs model.scorer.psi.log_sigma_head=true")
+    if cfg.model.scorer.delta_norm is not None and cfg.model.scorer.delta_norm <= 0:
+        raise ConfigError("config key 'model.scorer.delta_norm' must be > 0 (or null for the released Delta)")
     if cfg.model.scorer.pool_temperature <= 0:
         raise ConfigError("config key 'model.scorer.pool_temperature' must be > 0")
     if cfg.train.batch_size < 2:

@@ -140,6 +140,8 @@ def supports(scorer: PairScorer) -> bool:
         return False
     if cfg.context not in ("frames", "words") or cfg.side not in ("text", "video"):
         return False
+    if getattr(cfg, "delta_norm", None) is not None and scorer.psi is not None:
+        return False  # normalized Delta: a per-pair norm outside the per-video span; the reference scores it
     if scorer.psi is None:
         return True
     return _psi_structure_ok(scorer.psi, scorer.dim)

@@ -100,6 +100,8 @@ class PairScorer(nn.Module):
                 raise ValueError("context='words' needs the word embeddings of the texts (encode_text(..., "
                                  "return_words=True))")
             delta, log_sigma = self.psi(q, words, word_mask, ctx_axis=0)
+        if self.cfg.delta_norm is not None:
+            delta = self.cfg.delta_norm * F.normalize(delta, dim=-1)
         if self.cfg.side == "text":
             corrected = t[:, None, :] + delta
             sim = (F.normalize(corrected, dim=-1) * F.normalize(vhat, dim=-1)).sum(-1)
