@@ -399,3 +399,16 @@ def test_plot_renders_geometry_of_validation_records(tmp_path):
     outs = {p.name for p in plot_run(tmp_path)}
     assert "geometry.png" in outs and "diagnostics.png" not in outs
     assert (tmp_path / "geometry.png").stat().st_size > 1000
+
+
+def test_gare_sweep_dry_run_prints_every_run_command(capsys):
+    from gare.cli import main
+
+    assert main(["sweep", str(EXP / "ablation_query.yaml"), "loss.beta=0.001", "--dry-run", "--seeds", "3,4"]) == 0
+    out = capsys.readouterr().out
+    cmds = [ln for ln in out.splitlines() if ln.startswith("gare train ")]
+    assert len(cmds) == 4
+    assert all("loss.beta=0.001" in c for c in cmds)
+    assert sum("model.scorer.query=text" in c for c in cmds) == 2
+    assert {c.split("train.seed=")[1].split()[0] for c in cmds} == {"3", "4"}
+    assert main(["sweep", str(EXP / "base.yaml")]) == 2  # a recipe is not a grid: clear error, exit code 2

@@ -40,8 +40,8 @@ sweep continues where it stopped; a run whose resolved config differs (an edited
 The table reports, per variant, mean ± sample standard deviation (n - 1) over the seeds of test t2v
 R@1/R@5/R@10/MnR and v2t R@1 (a single seed shows the value alone).
 
-Command line: ``gare sweep GRID.yaml [--seeds 0,1] [--steps N] [--only a,b] [--dry-run] [--force]
-[--table-only] [key=value ...]`` or ``python -m gare.experiments GRID.yaml ...``.
+Command line: ``gare sweep GRID.yaml [GRID2.yaml ...] [key=value ...] [--seeds 0,1] [--steps N] [--only a,b]
+[--dry-run] [--force] [--table-only]`` (overrides before the options) or ``python -m gare.experiments ...``.
 """
 
 from __future__ import annotations
