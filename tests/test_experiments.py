@@ -118,6 +118,16 @@ def test_micro_grid_table_matches_per_run_results(shapes_dir, tmp_path):
 
     v0 = grid.variants[0]
     assert _done(grid.run_dir(v0, 0), resolve_run(grid, v0, 0))
+    # a key added to gare after the run (absent from its record, default value now) keeps it finished;
+    # a key gare no longer knows does not
+    marker = grid.run_dir(v0, 0) / "sweep_run.json"
+    rec = json.loads(marker.read_text())
+    del rec["config"]["model"]["scorer"]["delta_norm"]
+    marker.write_text(json.dumps(rec))
+    assert _done(grid.run_dir(v0, 0), resolve_run(grid, v0, 0))
+    rec["config"]["model"]["scorer"]["retired_option"] = 1
+    marker.write_text(json.dumps(rec))
+    assert not _done(grid.run_dir(v0, 0), resolve_run(grid, v0, 0))
     grid.overrides.append("loss.alpha=3")
     assert not _done(grid.run_dir(v0, 0), resolve_run(grid, v0, 0))
     assert collect(grid) == {}

@@ -61,7 +61,7 @@ from typing import Any
 
 import yaml
 
-from .config import Config, ConfigError, config_to_dict, load_config
+from .config import Config, ConfigError, config_from_dict, config_to_dict, load_config
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +258,11 @@ def _done(run_dir: Path, cfg: Config) -> bool:
     if not (run_dir / "results.json").exists() or not marker.exists():
         return False
     try:
-        return json.loads(marker.read_text()).get("config") == _config_record(cfg)
-    except (OSError, json.JSONDecodeError):
+        stored = json.loads(marker.read_text()).get("config")
+        # read back through the config tree: keys added to gare since the run take their defaults, so a new
+        # option that changes nothing does not retrain finished runs (a removed key does)
+        return stored is not None and _config_record(config_from_dict(stored)) == _config_record(cfg)
+    except (OSError, json.JSONDecodeError, ConfigError, TypeError):
         return False
 
 
