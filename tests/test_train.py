@@ -160,3 +160,11 @@ def test_reduced_demo_end_to_end(shapes_dir, tmp_path):
     assert (tmp_path / "demo" / "report.md").read_text().count("| GARE |") == 2
     assert (tmp_path / "demo" / "curves.png").stat().st_size > 1000
     assert d["seconds"] > 0
+
+
+def test_word_context_model_trains_validates_and_tests(shapes_dir, tmp_path):
+    from gare.train.trainer import train
+
+    res = train(micro_cfg(shapes_dir, tmp_path / "words", "model.scorer.context=words", "train.max_steps=3"))
+    assert 0.0 <= res["test"]["t2v"]["R1"] <= 100.0 and res["test"]["n_queries"] > 0
+    assert (tmp_path / "words" / "best.safetensors").exists()

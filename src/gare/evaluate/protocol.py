@@ -25,6 +25,8 @@ class EncodedSplit:
     t: Tensor  # [N_q, D]
     v: Tensor  # [N_v, F, D]
     mask: Tensor  # [N_v, F]
+    words: Tensor | None = None  # [N_q, L, D] word embeddings (context="words" models only)
+    word_mask: Tensor | None = None  # [N_q, L]
 
 
 def _shard(n: int, rank: int, world: int) -> range:
@@ -32,16 +34,35 @@ def _shard(n: int, rank: int, world: int) -> range:
     return range(min(n, rank * per), min(n, (rank + 1) * per))
 
 
+def needs_words(model) -> bool:
+    sc = model.cfg.scorer
+    return bool(sc.use_delta and sc.context == "words")
+
+
 @torch.no_grad()
-def encode_texts(model, texts: list[str], batch_size: int = 256, rank: int = 0, world: int = 1) -> Tensor:
+def encode_texts(model, texts: list[str], batch_size: int = 256, rank: int = 0, world: int = 1,
+                 return_words: bool = False):
+    """``[N, D]`` text embeddings (with ``return_words``: also ``[N, L, D]`` words and ``[N, L]`` masks)."""
     from ..train.distributed import all_gather_nograd
 
     idx = _shard(len(texts), rank, world)
-    out = []
+    out, words, masks = [], [], []
     for i in range(idx.start, idx.stop, batch_size):
-        out.append(model.encode_text(texts[i:min(i + batch_size, idx.stop)]).float())
+        chunk = texts[i:min(i + batch_size, idx.stop)]
+        if return_words:
+            t, w, m = model.encode_text(chunk, return_words=True)
+            out.append(t.float())
+            words.append(w.float())
+            masks.append(m)
+        else:
+            out.append(model.encode_text(chunk).float())
     local = torch.cat(out) if out else torch.zeros(0, model.embed_dim, device=model.device)
-    return all_gather_nograd(local)
+    if not return_words:
+        return all_gather_nograd(local)
+    L = model.backbone.max_words
+    w = torch.cat(words) if words else torch.zeros(0, L, model.embed_dim, device=model.device)
+    m = torch.cat(masks) if masks else torch.zeros(0, L, dtype=torch.bool, device=model.device)
+    return all_gather_nograd(local), all_gather_nograd(w), all_gather_nograd(m)
 
 
 @torch.no_grad()
@@ -69,7 +90,8 @@ def encode_videos(model, video_ds, batch_size: int = 32, workers: int = 0, rank:
 
 
 def score_rows(model, enc: EncodedSplit, *, two_stage_k: int | None = None) -> Tensor:
-    return model.similarity(enc.t, enc.v, enc.mask, two_stage_k=two_stage_k).float().cpu()
+    return model.similarity(enc.t, enc.v, enc.mask, words=enc.words, word_mask=enc.word_mask,
+                            two_stage_k=two_stage_k).float().cpu()
 
 
 def evaluate_encoded(model, enc: EncodedSplit, *, dsl: bool = False, qb_bank: Tensor | None = None,

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError, _coerce, apply_overrides, load_config
-from .protocol import EncodedSplit, encode_texts, encode_videos, evaluate_encoded, metrics_table
+from .protocol import EncodedSplit, encode_texts, encode_videos, evaluate_encoded, metrics_table, needs_words
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,13 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", config: 
     tf = FrameTransform(model.image_size, train=False)
     vds = VideoDataset(sp, framerate=cfg.data.framerate, max_frames=cfg.data.max_frames, transform=tf,
                        store=data.store)
-    t = encode_texts(model, texts)
+    words = word_mask = None
+    if needs_words(model):
+        t, words, word_mask = encode_texts(model, texts, return_words=True)
+    else:
+        t = encode_texts(model, texts)
     v, m = encode_videos(model, vds, batch_size=cfg.train.eval_batch_size, workers=cfg.data.workers, collate=collate)
-    enc = EncodedSplit(texts, list(qv), t, v, m)
+    enc = EncodedSplit(texts, list(qv), t, v, m, words, word_mask)
     bank = None
     if qb_norm:
         out_dir = Path(out) if out else ckpt.parent

@@ -258,18 +258,23 @@ class Trainer:
     # -- evaluation -------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, split: str, model: GareModel | None = None, **kw) -> dict:
-        from ..evaluate.protocol import EncodedSplit, encode_texts, encode_videos, evaluate_encoded
+        from ..evaluate.protocol import EncodedSplit, encode_texts, encode_videos, evaluate_encoded, needs_words
 
         model = model or self.model
         model.eval()
         sp = self.data.splits[split]
         texts, qv = sp.queries()
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            t = encode_texts(model, texts, rank=self.dist.rank, world=self.dist.world_size)
+            words = word_mask = None
+            if needs_words(model):
+                t, words, word_mask = encode_texts(model, texts, rank=self.dist.rank, world=self.dist.world_size,
+                                                   return_words=True)
+            else:
+                t = encode_texts(model, texts, rank=self.dist.rank, world=self.dist.world_size)
             v, m = encode_videos(model, self.video_ds[split], batch_size=self.cfg.train.eval_batch_size,
                                  workers=self.cfg.data.workers, rank=self.dist.rank, world=self.dist.world_size,
                                  collate=self.collate_eval)
-        enc = EncodedSplit(texts, list(qv), t.float(), v.float(), m)
+        enc = EncodedSplit(texts, list(qv), t.float(), v.float(), m, words, word_mask)
         return evaluate_encoded(model, enc, **kw)
 
     @staticmethod
