@@ -26,3 +26,19 @@ def tiny_frames():
     """Normalized random frames ``[3, 4, 3, 64, 64]`` for the tiny model."""
     g = torch.Generator().manual_seed(1)
     return torch.randn(3, 4, 3, 64, 64, generator=g)
+
+
+#: A micro CLIP architecture (a few thousand parameters) for training-loop tests.
+MICRO_ARCH = ("model.backbone.arch_cfg={embed_dim: 16, vision_cfg: {image_size: 32, layers: 1, width: 16, "
+              "patch_size: 16, head_width: 8}, text_cfg: {context_length: 77, vocab_size: 49408, width: 16, "
+              "heads: 2, layers: 1}}")
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory):
+    """A 40-video generated moving-shapes dataset (seed 3), shared by the tests of one module."""
+    from gare.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("shapes")
+    generate(root, n_videos=40, seed=3)
+    return root

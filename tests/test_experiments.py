@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from conftest import MICRO_ARCH
 from gare.config import ConfigError, load_config
 from gare.experiments import (
     aggregate,
@@ -33,18 +34,6 @@ TINY = EXP / "tiny-shapes.yaml"  # the recipe the grids build on (a frozen copy 
 GRIDS = sorted(p for p in EXP.glob("*.yaml") if "variants" in (yaml.safe_load(p.read_text()) or {}))
 RECIPES = sorted(p for p in EXP.glob("*.yaml") if p not in GRIDS)
 
-MICRO_ARCH = ("model.backbone.arch_cfg={embed_dim: 16, vision_cfg: {image_size: 32, layers: 1, width: 16, "
-              "patch_size: 16, head_width: 8}, text_cfg: {context_length: 77, vocab_size: 49408, width: 16, "
-              "heads: 2, layers: 1}}")
-
-
-@pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory):
-    from gare.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("shapes")
-    generate(root, n_videos=40, seed=3)
-    return root
 
 
 def micro_overrides(shapes_dir) -> list[str]:

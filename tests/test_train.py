@@ -8,22 +8,10 @@ import math
 import pytest
 import torch
 
+from conftest import MICRO_ARCH
 from gare.config import ConfigError, load_config
 from gare.model.gare import read_checkpoint
 from gare.train.optim import lr_factor
-
-MICRO_ARCH = ("model.backbone.arch_cfg={embed_dim: 16, vision_cfg: {image_size: 32, layers: 1, width: 16, "
-              "patch_size: 16, head_width: 8}, text_cfg: {context_length: 77, vocab_size: 49408, width: 16, "
-              "heads: 2, layers: 1}}")
-
-
-@pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory):
-    from gare.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("shapes")
-    generate(root, n_videos=40, seed=3)
-    return root
 
 
 def micro_cfg(shapes_dir, out, *extra):

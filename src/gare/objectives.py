@@ -17,10 +17,11 @@ The total loss of one batch (:func:`gare_loss`) is::
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from .config import LossConfig
 
 __all__ = [
     "GareLossConfig",
@@ -273,25 +274,8 @@ def gradient_supervision_loss(delta: Tensor, grad: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------------
 # Total
 # --------------------------------------------------------------------------------------------------
-@dataclass
-class GareLossConfig:
-    """Weights and switches of the GARE objective (defaults: the released behaviour, section 4)."""
-
-    beta: float = 1e-4
-    ib_anchor: str = "video"  # "video" | "text"
-    ib_convention: str = "sum"  # "sum" (beta 1e-4) | "mean" (the paper's beta 0.07)
-    ib_prior_sigma: float = 1.0
-    lambda_eps: float = 0.01
-    eps_truncate: float = 0.5
-    lambda_dir: float = 0.01
-    alpha: float = 2.0
-    direction_strict: bool = False
-    lambda_gs: float = 0.0
-    gs_eps: float = 1.0  # radius of Delta* (does not change the cosine loss; kept for diagnostics)
-    multi_positive: bool = True
-    use_ib: bool = True
-    use_radius: bool = True
-    use_direction: bool = True
+# The objective's weights and switches are the ``loss`` section of the run configuration.
+GareLossConfig = LossConfig
 
 
 TERM_KEYS = ("nce", "ib", "radius", "direction", "gs")

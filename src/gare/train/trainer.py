@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import Config, ConfigError, config_to_dict
 from ..model.gare import GareModel
-from ..objectives import GareLossConfig, gare_loss
+from ..objectives import gare_loss
 from . import distributed as dist_utils
 from .checkpoint import load_training_state, save_training_checkpoint
 from .data import EpochSampler, SeededItems, make_loader, resolve_data, train_pairs
@@ -77,7 +76,7 @@ class Trainer:
         if tc.freeze_backbone or tc.features:
             for p in self.model.backbone.parameters():
                 p.requires_grad_(False)
-        self.loss_cfg = GareLossConfig(**asdict(cfg.loss))
+        self.loss_cfg = cfg.loss
         self.amp_dtype = autocast_dtype(tc.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self._setup_data()
