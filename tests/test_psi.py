@@ -93,10 +93,8 @@ def ref_score(scorer: PairScorer, t, f, mask, words=None, word_mask=None):
                 continue
             if cfg.query == "text":
                 q = t[i]
-            elif cfg.side == "text":
+            else:  # eta = +1 is the gap v - t on either side (paper Table 7)
                 q = cfg.eta * (vbar - t[i])
-            else:
-                q = cfg.eta * (t[i] - vbar)
             ctx = valid if cfg.context == "frames" else words[i][word_mask[i].bool()]
             delta = ref_psi_pair(P, q, ctx, cfg.psi.heads, cfg.psi.layers)
             out[i, j] = _cos(t[i] + delta, vhat) if cfg.side == "text" else _cos(t[i], vhat + delta)
@@ -389,15 +387,19 @@ def test_scorer_words_context(kw):
 
 
 def test_scorer_video_side_formula_explicit():
-    """side='video': q = eta (t - vbar) and s = cos(t, vhat + Delta), written out for one pair."""
+    """side='video': q = eta (vbar - t) (the same gap as the text side, paper Table 7) and
+    s = cos(t, vhat + Delta), written out for one pair; eta = -1 flips the query."""
     scorer = _scorer(side="video")
     t, f, mask = _inputs(seed=3)
     out = scorer(t, f, mask)
     vbar = masked_mean(f, mask)
     vhat = scorer.pool(t, f, mask)
-    q = t[:, None, :] - vbar[None, :, :]
+    q = vbar[None, :, :] - t[:, None, :]
     delta = scorer.psi(q, f, mask)[0]
     torch.testing.assert_close(out.delta, delta, atol=1e-12, rtol=0)
+    flipped = _scorer(side="video", eta=-1)
+    flipped.load_state_dict(scorer.state_dict())
+    torch.testing.assert_close(flipped(t, f, mask).delta, scorer.psi(-q, f, mask)[0], atol=1e-12, rtol=0)
     torch.testing.assert_close(out.corrected, vhat + delta, atol=1e-12, rtol=0)
     expected = F.cosine_similarity(t[:, None, :].expand_as(vhat), vhat + delta, dim=-1)
     torch.testing.assert_close(out.sim, expected, atol=1e-12, rtol=0)

@@ -408,7 +408,7 @@ class _Plan:
         self.cfg = cfg
         self.dim = scorer.dim
         self.use_delta = scorer.psi is not None
-        self.sign = cfg.eta if cfg.side == "text" else -cfg.eta  # q = sign * (vbar - t)
+        self.sign = cfg.eta  # q = eta * (vbar - t) on either side
         self.inv_temp = 1.0 / cfg.pool_temperature
         if self.use_delta:
             self.layers, self.wmu, self.bmu = _read_psi(scorer.psi, self.dim, dtype, device)

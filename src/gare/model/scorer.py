@@ -8,7 +8,8 @@ For texts ``t [B_t, D]`` and videos ``f [B_v, F, D]`` (temporal-module outputs, 
     q_ij    = eta (vbar_j - t_i)                   (query="text": q_ij = t_i)
     Delta_ij = psi(q_ij, C)                         C = frames of video j, or words of text i
     s_ij    = cos(t_i + Delta_ij, vhat_ij)
-    side="video": q_ij = eta (t_i - vbar_j), s_ij = cos(t_i, vhat_ij + Delta_ij)
+    side="video": the same q_ij (eta = +1 is the gap v - t on both sides, paper Table 7),
+                  s_ij = cos(t_i, vhat_ij + Delta_ij)
 
 ``forward`` is the plain reference used in training (dropout active there) and in the tests;
 ``similarity`` computes ``[N_t, N_v]`` in blocks so memory stays bounded for any gallery size.
@@ -82,7 +83,7 @@ class PairScorer(nn.Module):
         if self.cfg.query == "text":
             return t.unsqueeze(1).expand(-1, vbar.shape[0], -1)
         gap = vbar[None, :, :] - t[:, None, :]
-        return eta * gap if self.cfg.side == "text" else -eta * gap
+        return eta * gap  # the same gap on both sides: eta = +1 means vbar - t (paper Table 7)
 
     def forward(self, t: Tensor, f: Tensor, video_mask: Tensor | None = None,
                 words: Tensor | None = None, word_mask: Tensor | None = None) -> ScoreOutput:
