@@ -103,22 +103,22 @@ def test_micro_grid_table_matches_per_run_results(shapes_dir, tmp_path):
     assert "gare sweep grid.yaml\n# table rebuilt with: gare sweep grid.yaml --table-only" in md
     assert "2 steps per run; 4/4 runs finished" in md
     # a finished run counts only for exactly its resolved config: an edited recipe or override trains again
-    from gare.experiments import _done
+    from gare.experiments import run_finished
 
     v0 = grid.variants[0]
-    assert _done(grid.run_dir(v0, 0), resolve_run(grid, v0, 0))
+    assert run_finished(grid.run_dir(v0, 0), resolve_run(grid, v0, 0))
     # a key added to gare after the run (absent from its record, default value now) keeps it finished;
     # a key gare no longer knows does not
     marker = grid.run_dir(v0, 0) / "sweep_run.json"
     rec = json.loads(marker.read_text())
     del rec["config"]["model"]["scorer"]["delta_norm"]
     marker.write_text(json.dumps(rec))
-    assert _done(grid.run_dir(v0, 0), resolve_run(grid, v0, 0))
+    assert run_finished(grid.run_dir(v0, 0), resolve_run(grid, v0, 0))
     rec["config"]["model"]["scorer"]["retired_option"] = 1
     marker.write_text(json.dumps(rec))
-    assert not _done(grid.run_dir(v0, 0), resolve_run(grid, v0, 0))
+    assert not run_finished(grid.run_dir(v0, 0), resolve_run(grid, v0, 0))
     grid.overrides.append("loss.alpha=3")
-    assert not _done(grid.run_dir(v0, 0), resolve_run(grid, v0, 0))
+    assert not run_finished(grid.run_dir(v0, 0), resolve_run(grid, v0, 0))
     assert collect(grid) == {}
 
 
@@ -411,3 +411,21 @@ def test_gare_sweep_dry_run_prints_every_run_command(capsys):
     assert sum("model.scorer.query=text" in c for c in cmds) == 2
     assert {c.split("train.seed=")[1].split()[0] for c in cmds} == {"3", "4"}
     assert main(["sweep", str(EXP / "base.yaml")]) == 2  # a recipe is not a grid: clear error, exit code 2
+
+
+def test_grid_figures_are_drawn_from_rows_and_run_folders(tmp_path):
+    from gare.plots import plot_mean_curves, plot_metric_by_series
+
+    rows = [{"series": s, "x": x, "stats": {"t2v_R1": {"mean": m, "std": 1.0, "n": 2}}}
+            for s, x, m in (("GARE", 0, 25.0), ("GARE", 50, 24.0), ("baseline", 0, 24.0), ("baseline", 50, 18.0))]
+    out = plot_metric_by_series(rows, {"metric": "t2v_R1", "x_label": "noise (%)"}, "t", tmp_path / "m.png")
+    assert out.stat().st_size > 1000
+    for name in ("a", "b"):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "metrics.jsonl").write_text("\n".join(json.dumps({"kind": "train", "step": s, "diag_x": s * 0.1})
+                                                   for s in (10, 20)) + "\n")
+    assert plot_mean_curves({"a": [tmp_path / "a"]}, ["diag_missing"], "t", tmp_path / "none.png") is None
+    p = plot_mean_curves({"a": [tmp_path / "a"], "b": [tmp_path / "b", tmp_path / "nowhere"]}, ["diag_x"], "t",
+                         tmp_path / "c.png", series={"a": "GARE", "b": None})
+    assert p.stat().st_size > 1000

@@ -1,8 +1,10 @@
-"""PNG figures of a run directory's ``metrics.jsonl``: loss terms, lr, validation R@1, diagnostics."""
+"""PNG figures: a run directory's ``metrics.jsonl`` (loss terms, lr, validation R@1, diagnostics) and the
+figures of experiment grids (a metric against x per series; training keys averaged over seeds)."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 
@@ -15,7 +17,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 def plot_curves(runs: dict[str, list[dict]], out: str | Path, title: str = "") -> Path:
     """One figure: training loss (InfoNCE) and validation t2v R@1 for each named run."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib is needed only when a figure is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -44,7 +46,7 @@ def plot_curves(runs: dict[str, list[dict]], out: str | Path, title: str = "") -
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
-    import matplotlib
+    import matplotlib  # lazy: matplotlib is needed only when a figure is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -74,7 +76,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 def _plot_keyed(run_dir: Path, recs: list[dict], prefix: str, name: str, marker: str | None = None) -> list[Path]:
     """One panel per ``prefix*`` key of ``recs`` against the step (``diag_*``: tension diagnostics of training
     steps; ``geo_*``: modality-gap measures of validations). Nothing when no record has such a key."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib is needed only when a figure is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -99,3 +101,96 @@ def _plot_keyed(run_dir: Path, recs: list[dict], prefix: str, name: str, marker:
         plt.close(fig)
         outs.append(p)
     return outs
+
+
+def plot_metric_by_series(rows: list[dict], spec: dict, title: str, out: str | Path) -> Path:
+    """A metric (mean ± std over seeds) against each row's ``x``, one line per ``series``.
+
+    ``rows`` are the aggregated rows of an experiment grid (``series``, ``x``, ``stats[metric]`` with ``mean`` and
+    ``std``); ``spec`` is the grid's ``plot`` mapping (``metric`` or ``metrics``, ``x_label``).
+    """
+    import matplotlib  # lazy: matplotlib is needed only when a figure is drawn
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = spec.get("metrics") or [spec.get("metric", "t2v_R1")]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for series in dict.fromkeys(r["series"] for r in rows):
+            pts = sorted((r["x"], r["stats"][metric]) for r in rows if r["series"] == series and metric in r["stats"])
+            if not pts:
+                continue
+            xs = [p[0] for p in pts]
+            ys = [p[1]["mean"] for p in pts]
+            es = [p[1]["std"] or 0.0 for p in pts]
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=4, label=series)
+        ax.set_xlabel(spec.get("x_label", "x"))
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_mean_curves(run_dirs: dict[str, list[Path]], keys: list[str], title: str, out: str | Path,
+                     series: dict[str, str | None] | None = None) -> Path | None:
+    """Training-record keys (e.g. ``diag_*`` of metrics.jsonl) averaged over the run folders of each name, one
+    panel per key, one colour per name (and one line style per ``series`` when given). None when no run folder
+    holds any of the keys."""
+    import matplotlib  # lazy: matplotlib is needed only when a figure is drawn
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[str, dict[str, dict[int, list[float]]]] = {}
+    for name, dirs in run_dirs.items():
+        for d in dirs:
+            if not (Path(d) / "metrics.jsonl").exists():
+                continue
+            for r in read_metrics(d):
+                if r.get("kind") != "train":
+                    continue
+                for k in keys:
+                    if k in r and r[k] is not None and not (isinstance(r[k], float) and math.isnan(r[k])):
+                        curves.setdefault(k, {}).setdefault(name, {}).setdefault(r["step"], []).append(r[k])
+    present = [k for k in keys if k in curves]
+    if not present:
+        return None
+    names = list(run_dirs)
+    series = series or {}
+    cols = min(3, len(present))
+    nrows = (len(present) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.5 * nrows), squeeze=False)
+    # one colour per name (the same in every panel, also where a name lacks a key); one line style per series
+    cmap = plt.get_cmap("tab10")
+    colour = {n: cmap(i % 10) for i, n in enumerate(names)}
+    lines = list(dict.fromkeys(s for s in series.values() if s is not None))
+    styles = ["-", "--", ":", "-."]
+    style = {n: styles[lines.index(series[n]) % len(styles)] if series.get(n) in lines else "-" for n in names}
+    handles = {}
+    for ax, k in zip(axes.flat, present):
+        for n in names:
+            by_step = curves[k].get(n)
+            if not by_step:
+                continue
+            steps = sorted(by_step)
+            (line,) = ax.plot(steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], color=colour[n],
+                              linestyle=style[n], label=n)
+            handles.setdefault(n, line)
+        ax.set_title(k, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(present):]:
+        ax.axis("off")
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(6, len(handles)), fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

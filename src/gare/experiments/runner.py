@@ -1,0 +1,164 @@
+"""Running a grid: the one-off setup (pre-trained towers, cached features), each (variant, seed) run, and the
+reuse of finished runs (a run is finished when its ``results.json`` exists for the same resolved config)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import Config, ConfigError, config_from_dict, config_to_dict, load_config
+from ..data.loader import collate
+from ..evaluate.geometry import split_geometry
+from ..evaluate.protocol import encode_texts, encode_videos
+from ..model.gare import load_model
+from ..train import distributed as dist_utils
+from ..train.features import extract_features
+from ..train.trainer import Trainer, train
+from .grid import Grid, Variant, resolve_run, run_overrides, train_command
+from .report import write_results
+
+log = logging.getLogger(__name__)
+
+__all__ = ["collect", "config_record", "ensure_setup", "export_backbone", "run_finished", "run_grid", "run_one"]
+
+
+def config_record(cfg: Config) -> dict:
+    """The resolved config as plain JSON values (what ``sweep_run.json`` stores and compares)."""
+    return json.loads(json.dumps(config_to_dict(cfg), default=str))
+
+
+def run_finished(run_dir: Path, cfg: Config) -> bool:
+    """A finished run of exactly this resolved config (a changed recipe or override means: train again)."""
+    marker = run_dir / "sweep_run.json"
+    if not (run_dir / "results.json").exists() or not marker.exists():
+        return False
+    try:
+        stored = json.loads(marker.read_text()).get("config")
+        # read back through the config tree: keys added to gare since the run take their defaults, so a new
+        # option that changes nothing does not retrain finished runs (a removed key does)
+        return stored is not None and config_record(config_from_dict(stored)) == config_record(cfg)
+    except (OSError, json.JSONDecodeError, ConfigError, TypeError):
+        return False
+
+
+def split_test_geometry(trainer: Trainer) -> dict:
+    """Modality-gap measures of the test split with the checkpoint the test metrics came from."""
+    best_path = trainer.run_dir / "best.safetensors"
+    model = load_model(best_path, device=trainer.device) if best_path.exists() else trainer.model
+    model.eval()
+    texts, qv = trainer.data.splits["test"].queries()
+    t = encode_texts(model, texts)
+    v, m = encode_videos(model, trainer.video_ds["test"], batch_size=trainer.cfg.train.eval_batch_size,
+                         workers=trainer.cfg.data.workers, collate=collate)
+    return split_geometry(model, t, v, m, qv)
+
+
+
+def export_backbone(checkpoint: Path, out: Path) -> Path:
+    """Write the CLIP towers of a gare checkpoint as an open_clip state dict (``model.backbone.weights``)."""
+    model = load_model(checkpoint, device="cpu")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    torch.save({k: v.detach().clone() for k, v in model.backbone.clip.state_dict().items()}, tmp)
+    tmp.replace(out)
+    log.info("exported the CLIP towers of %s to %s", checkpoint, out)
+    return out
+
+
+def ensure_setup(grid: Grid) -> None:
+    """Make the grid's pre-trained towers and cached features when they are missing."""
+    pre = grid.setup.get("pretrain")
+    if pre and not pre["weights"].exists():
+        cfg = load_config(pre["recipe"])
+        run_dir = Path(cfg.train.output_dir)
+        if not ((run_dir / "results.json").exists() and (run_dir / "best.safetensors").exists()):
+            if (run_dir / "metrics.jsonl").exists():
+                (run_dir / "metrics.jsonl").unlink()
+            log.info("setup: pre-training the towers with %s -> %s", pre["recipe"], run_dir)
+            train(cfg, show_progress=False)
+        export_backbone(run_dir / "best.safetensors", pre["weights"])
+    feats = grid.setup.get("features")
+    if feats and not feats.exists():
+        cfg = load_config(grid.recipe, run_overrides(grid, grid.variants[0], grid.seeds[0]) + ["train.features=null"])
+        log.info("setup: extracting frozen-tower features -> %s", feats)
+        extract_features(cfg, feats)
+
+
+def run_one(grid: Grid, variant: Variant, seed: int, *, force: bool = False) -> dict:
+    """Train one (variant, seed) of the grid (or reuse its finished run). Returns its ``results.json``."""
+    ov = run_overrides(grid, variant, seed)
+    run_dir = grid.run_dir(variant, seed)
+    cfg = resolve_run(grid, variant, seed)
+    if not force and run_finished(run_dir, cfg):
+        log.info("sweep %s: %s seed %d already done (%s)", grid.name, variant.name, seed, run_dir)
+        return json.loads((run_dir / "results.json").read_text())
+    if run_dir.exists():
+        if not ((run_dir / "metrics.jsonl").exists() or (run_dir / "sweep_run.json").exists()
+                or not any(run_dir.iterdir())):
+            raise ConfigError(f"{run_dir} exists and is not a run directory; refusing to overwrite it")
+        shutil.rmtree(run_dir)  # metrics.jsonl is appended to: a rerun starts from an empty folder
+    run_dir.mkdir(parents=True)
+    (run_dir / "sweep_run.json").write_text(json.dumps(
+        {"grid": str(grid.path), "variant": variant.name, "seed": seed, "overrides": ov,
+         "command": train_command(grid, variant, seed), "config": config_record(cfg)}, indent=2))
+    log.info("sweep %s: training %s seed %d -> %s", grid.name, variant.name, seed, run_dir)
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg, show_progress=False)
+    try:
+        res = trainer.fit()
+        if grid.geometry:
+            try:
+                res["test_geometry"] = split_test_geometry(trainer)
+            except Exception as e:  # noqa: BLE001 - a geometry failure must not lose the run
+                log.warning("geometry of %s failed: %s", run_dir, e)
+        res["wall_seconds"] = time.perf_counter() - t0
+    finally:
+        dist_utils.cleanup()
+    # results.json last: its presence marks the run as finished
+    (run_dir / "results.json").write_text(json.dumps(res, indent=2, default=float))
+    return res
+
+
+def collect(grid: Grid) -> dict[str, dict[int, dict]]:
+    """Finished runs of the grid: ``{variant: {seed: results}}`` (missing runs are left out)."""
+    out: dict[str, dict[int, dict]] = {}
+    for v in grid.variants:
+        for s in grid.seeds:
+            p = grid.run_dir(v, s) / "results.json"
+            if p.exists() and run_finished(grid.run_dir(v, s), resolve_run(grid, v, s)):
+                out.setdefault(v.name, {})[s] = json.loads(p.read_text())
+    return out
+
+
+def run_grid(grid: Grid, *, force: bool = False, dry_run: bool = False, table_only: bool = False,
+             command: str | None = None) -> dict:
+    """Run every (variant, seed) of the grid in order (seeds outer, so a partial sweep has every variant
+    at the first seeds), then write the table. ``dry_run`` only resolves and validates every config."""
+    for s in grid.seeds:
+        for v in grid.variants:
+            resolve_run(grid, v, s)  # fail before training anything
+    if dry_run:
+        return {"runs": [(v.name, s, train_command(grid, v, s)) for s in grid.seeds for v in grid.variants]}
+    t0 = time.perf_counter()
+    if not table_only:
+        ensure_setup(grid)
+        for s in grid.seeds:
+            for v in grid.variants:
+                run_one(grid, v, s, force=force)
+                write_results(grid, collect(grid), command, time.perf_counter() - t0)  # the table grows
+    if table_only:  # keep the command that trained the runs; the rebuild is noted next to it
+        prev = grid.results.with_suffix(".json")
+        if prev.exists():
+            try:
+                old = json.loads(prev.read_text()).get("command")
+            except json.JSONDecodeError:
+                old = None
+            if old:
+                command = old if command is None or command in old else f"{old}\n# table rebuilt with: {command}"
+        return write_results(grid, collect(grid), command, None)
+    return write_results(grid, collect(grid), command, time.perf_counter() - t0)
