@@ -7,10 +7,12 @@ import pytest
 from gare.config import (
     Config,
     ConfigError,
+    ModelConfig,
     apply_overrides,
     config_from_dict,
     config_to_dict,
     load_config,
+    merge_overrides,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,6 +196,24 @@ def test_override_syntax_errors():
         load_config(None, ["train.epochs"])
     with pytest.raises(ConfigError, match="'epochs' is not a section"):
         apply_overrides({"train": {"epochs": 5}}, ["train.epochs.x=1"])
+
+
+def test_merge_overrides_takes_strings_or_python_values_and_names_the_key():
+    base = {"scorer": {"pool_temperature": 3.0, "psi": {"heads": 1}}}
+    from_strings = merge_overrides(base, ["scorer.psi.heads=2", "backbone.arch=ViT-B-16"], ModelConfig)
+    from_values = merge_overrides(base, {"scorer.psi.heads": 2, "backbone.arch": "ViT-B-16"}, ModelConfig)
+    assert from_strings == from_values
+    assert (from_values.scorer.psi.heads, from_values.backbone.arch, from_values.scorer.pool_temperature) == \
+        (2, "ViT-B-16", 3.0)
+    assert base == {"scorer": {"pool_temperature": 3.0, "psi": {"heads": 1}}}  # the input is not changed
+    with pytest.raises(ConfigError, match="'model.scorer.psi.heads' must be an integer"):
+        merge_overrides(base, {"scorer.psi.heads": "two"}, ModelConfig, prefix="model")
+    with pytest.raises(ConfigError, match="unknown config key 'model.scorer.temprature'"):
+        merge_overrides(base, {"scorer.temprature": 1.0}, ModelConfig, prefix="model")
+    # a whole Config is also validated (choices and ranges)
+    with pytest.raises(ConfigError, match="model.scorer.eta"):
+        merge_overrides({}, ["model.scorer.eta=2"])
+    assert merge_overrides({}, ["train.epochs=2"]) == load_config(None, ["train.epochs=2"])
 
 
 def test_dict_round_trip():

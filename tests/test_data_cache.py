@@ -61,14 +61,20 @@ def test_open_refuses_other_settings(split, tmp_path):
         with pytest.raises(StoreSettingsError) as e:
             FrameStore.open(tmp_path / "s", **bad)
         assert f"{key}={SETTINGS[key]!r}" in str(e.value) and f"{key}={value!r}" in str(e.value)
-    with pytest.raises(StoreSettingsError, match="backend='pyav'"):
-        FrameStore.open(tmp_path / "s", backend="opencv", **SETTINGS)
+    with pytest.raises(StoreSettingsError, match="decoder='pyav'"):
+        FrameStore.open(tmp_path / "s", decoder="opencv", **SETTINGS)
     with pytest.raises(StoreSettingsError, match="size=48"):  # building into it with other settings, too
         FrameStore.build(split.items[:3], tmp_path / "s", framerate=2.0, max_frames=6, size=32, workers=1)
     with pytest.raises(FileNotFoundError, match="no frame store"):
         FrameStore.open(tmp_path / "nothing", **SETTINGS)
     meta = json.loads((tmp_path / "s" / "meta.json").read_text())
-    assert meta["settings"] == {"framerate": 2.0, "max_frames": 6, "size": 48, "backend": "pyav"}
+    assert meta["settings"] == {"framerate": 2.0, "max_frames": 6, "size": 48, "decoder": "pyav"}
+    # a store written when the setting was called "backend" still opens, and is still checked
+    meta["settings"]["backend"] = meta["settings"].pop("decoder")
+    (tmp_path / "s" / "meta.json").write_text(json.dumps(meta))
+    assert FrameStore.open(tmp_path / "s", decoder="pyav", **SETTINGS).decoder == "pyav"
+    with pytest.raises(StoreSettingsError, match="decoder='pyav'"):
+        FrameStore.open(tmp_path / "s", decoder="opencv", **SETTINGS)
 
 
 def test_resume_and_extend(split, tmp_path):

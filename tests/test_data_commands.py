@@ -26,7 +26,7 @@ def test_add_data_commands_wires_three_subcommands():
     assert (args.src, args.dst, args.fps, args.short_side) == ("a", "b", 3.0, 224)
     args = parser.parse_args(["data", "cache", "--dataset", "jsonl", "--split", "test", "--annotations", "x.jsonl",
                               "--out", "s"])
-    assert (args.framerate, args.max_frames, args.size, args.backend) == (1.0, 12, 224, "pyav")
+    assert (args.framerate, args.max_frames, args.size, args.decoder) == (1.0, 12, 224, "pyav")
     for name in ("synth", "compress", "cache"):
         assert callable(parser.parse_args(["data", name, "x", "y"] if name == "compress" else
                                           ["data", name, "x"] if name == "synth" else

@@ -44,29 +44,29 @@ def test_sample_times_grid_and_uniform_subsampling():
         sample_times(5.0, framerate=0)
 
 
-@pytest.mark.parametrize("backend", ["pyav", "opencv"])
-def test_exact_frames_counts_order_and_mask(counter, backend):
-    frames, mask = sample_frames(counter, framerate=2, max_frames=12, backend=backend)
+@pytest.mark.parametrize("decoder", ["pyav", "opencv"])
+def test_exact_frames_counts_order_and_mask(counter, decoder):
+    frames, mask = sample_frames(counter, framerate=2, max_frames=12, decoder=decoder)
     assert frames.shape == (12, 32, 32, 3) and frames.dtype == np.uint8
     assert mask.dtype == bool and mask.tolist() == [True] * 10 + [False] * 2
     assert [frame_index(f) for f in frames[:10]] == [0, 5, 10, 15, 20, 25, 30, 35, 40, 45]
     assert (frames[10:] == 0).all()
 
-    frames, mask = sample_frames(counter, framerate=2, max_frames=4, backend=backend)
+    frames, mask = sample_frames(counter, framerate=2, max_frames=4, decoder=decoder)
     assert mask.all()
     assert [frame_index(f) for f in frames] == [0, 15, 30, 45]
 
 
-@pytest.mark.parametrize("backend", ["pyav", "opencv"])
-def test_segments(counter, backend):
-    frames, mask = sample_frames(counter, framerate=2, max_frames=6, start=1.0, end=3.0, backend=backend)
+@pytest.mark.parametrize("decoder", ["pyav", "opencv"])
+def test_segments(counter, decoder):
+    frames, mask = sample_frames(counter, framerate=2, max_frames=6, start=1.0, end=3.0, decoder=decoder)
     assert mask.tolist() == [True] * 4 + [False] * 2
     assert [frame_index(f) for f in frames[:4]] == [10, 15, 20, 25]
     # a start after 2 s takes the seeking path
-    frames, mask = sample_frames(counter, framerate=2, max_frames=8, start=3.0, backend=backend)
+    frames, mask = sample_frames(counter, framerate=2, max_frames=8, start=3.0, decoder=decoder)
     assert [frame_index(f) for f, m in zip(frames, mask) if m] == [30, 35, 40, 45]
     # a time between two frames shows the earlier one: 0.25 s at 10 fps -> frame 2
-    frames, mask = sample_frames(counter, framerate=1, max_frames=3, start=0.25, end=2.5, backend=backend)
+    frames, mask = sample_frames(counter, framerate=1, max_frames=3, start=0.25, end=2.5, decoder=decoder)
     assert [frame_index(f) for f, m in zip(frames, mask) if m] == [2, 12, 22]
 
 
@@ -117,28 +117,28 @@ def test_real_files_decode_in_several_codecs(real, name):
 @pytest.mark.parametrize("name", ["bikes.mp4", "vtest.avi", "Megamind.avi"])
 def test_pyav_and_opencv_agree_on_constant_rate_files(real, name):
     path = need_real(real, name)
-    a, ma = sample_frames(path, framerate=1, max_frames=8, backend="pyav")
-    b, mb = sample_frames(path, framerate=1, max_frames=8, backend="opencv")
+    a, ma = sample_frames(path, framerate=1, max_frames=8, decoder="pyav")
+    b, mb = sample_frames(path, framerate=1, max_frames=8, decoder="opencv")
     assert (ma == mb).all()
     # same frames; only the YUV->RGB conversion differs slightly between the two libraries
     per_frame = np.abs(a.astype(int) - b.astype(int)).reshape(8, -1).mean(1)
     assert per_frame.max() < 3.0, per_frame
 
 
-def test_decord_backend_is_optional(counter):
+def test_decord_decoder_is_optional(counter):
     try:
         import decord  # noqa: F401
     except ImportError:
         with pytest.raises(ImportError, match="pip install decord"):
-            sample_frames(counter, backend="decord")
+            sample_frames(counter, decoder="decord")
     else:
-        frames, mask = sample_frames(counter, framerate=2, max_frames=12, backend="decord")
+        frames, mask = sample_frames(counter, framerate=2, max_frames=12, decoder="decord")
         assert [frame_index(f) for f in frames[:10]] == [0, 5, 10, 15, 20, 25, 30, 35, 40, 45]
 
 
-def test_unknown_backend():
-    with pytest.raises(ValueError, match="unknown video backend"):
-        sample_frames("x.mp4", backend="ffmpeg-cli")
+def test_unknown_decoder():
+    with pytest.raises(ValueError, match="unknown video decoder"):
+        sample_frames("x.mp4", decoder="ffmpeg-cli")
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -171,12 +171,12 @@ def test_missing_and_empty(tmp_path):
 
 
 @pytest.mark.parametrize("content", [b"this is not a video\n" * 50, bytes(range(256)) * 40])
-@pytest.mark.parametrize("backend", ["pyav", "opencv"])
-def test_undecodable(tmp_path, content, backend):
+@pytest.mark.parametrize("decoder", ["pyav", "opencv"])
+def test_undecodable(tmp_path, content, decoder):
     p = tmp_path / "garbage.mp4"
     p.write_bytes(content)
     with pytest.raises(VideoDecodeError) as e:
-        sample_frames(p, backend=backend)
+        sample_frames(p, decoder=decoder)
     assert e.value.kind == "undecodable"
 
 
@@ -184,9 +184,9 @@ def test_truncated_avi_is_detected(real, tmp_path):
     data = need_real(real, "vtest.avi").read_bytes()
     p = tmp_path / "vtest_third.avi"
     p.write_bytes(data[: len(data) // 3])
-    for backend in ("pyav", "opencv"):
+    for decoder in ("pyav", "opencv"):
         with pytest.raises(VideoDecodeError) as e:
-            sample_frames(p, backend=backend)
+            sample_frames(p, decoder=decoder)
         assert e.value.kind == "truncated" and "79.50 s" in e.value.reason
 
 
@@ -220,7 +220,7 @@ def test_unknown_codec(real, tmp_path):
         sample_frames(p)
     assert e.value.kind == "unknown_codec" and "QZQZ" in e.value.reason
     with pytest.raises(VideoDecodeError):
-        sample_frames(p, backend="opencv")
+        sample_frames(p, decoder="opencv")
 
 
 def test_no_video_stream(tmp_path):

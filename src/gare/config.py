@@ -8,10 +8,12 @@ key in the error.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -283,21 +285,40 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b.c=value`` strings (values parsed as YAML scalars) to a nested dict."""
-    data = dict(data)
-    for ov in overrides:
-        if "=" not in ov:
-            raise ConfigError(f"override '{ov}' must look like key=value (e.g. train.epochs=2)")
-        key, text = ov.split("=", 1)
+def apply_overrides(data: dict, overrides: list[str] | Mapping[str, Any]) -> dict:
+    """Apply overrides to a copy of a nested dict: ``["a.b.c=value"]`` strings (values parsed as YAML
+    scalars, as on the command line) or a mapping of dotted keys to Python values (``{"a.b.c": 3}``)."""
+    data = copy.deepcopy(dict(data))
+    if isinstance(overrides, Mapping):
+        pairs = [(str(k), v, f"{k}={v!r}") for k, v in overrides.items()]
+    else:
+        pairs = []
+        for ov in overrides:
+            if "=" not in ov:
+                raise ConfigError(f"override '{ov}' must look like key=value (e.g. train.epochs=2)")
+            key, text = ov.split("=", 1)
+            pairs.append((key, _parse_scalar(text), ov))
+    for key, value, shown in pairs:
         parts = key.strip().split(".")
         node = data
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override '{ov}': '{p}' is not a section")
-        node[parts[-1]] = _parse_scalar(text)
+                raise ConfigError(f"override '{shown}': '{p}' is not a section")
+        node[parts[-1]] = value
     return data
+
+
+def merge_overrides(data: dict, overrides: list[str] | Mapping[str, Any] | None = None, cls: type = Config, *,
+                    prefix: str = "") -> Any:
+    """``data`` with ``overrides`` applied (see :func:`apply_overrides`), checked and built as the
+    dataclass ``cls`` (``Config``, ``ModelConfig``, ...). Errors name the key (after ``prefix``, e.g.
+    ``"model"`` for a ModelConfig); a whole ``Config`` is also validated."""
+    merged = apply_overrides(data or {}, overrides or [])
+    obj = _coerce(merged, cls, prefix)
+    if cls is Config:
+        validate(obj)
+    return obj
 
 
 def _merge(base: dict, top: dict) -> dict:

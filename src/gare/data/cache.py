@@ -2,7 +2,7 @@
 
 Layout of a store folder::
 
-    meta.json       sampling settings (framerate, max_frames, size, backend), video ids, segments
+    meta.json       sampling settings (framerate, max_frames, size, decoder), video ids, segments
     frames.u8       uint8 [N, F, size, size, 3], C order (np.memmap)
     mask.u8         uint8 [N, F] frame mask
     status.u8       uint8 [N]: 0 pending, 1 done, 2 failed
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_write
 from .report import BadInputReport
 from .video import VideoDecodeError, sample_frames
 
@@ -54,7 +55,7 @@ class FrameStore:
         self.framerate = float(self.settings["framerate"])
         self.max_frames = int(self.settings["max_frames"])
         self.size = int(self.settings["size"])
-        self.backend = self.settings["backend"]
+        self.decoder = self.settings["decoder"]
         self.ids: list[str] = list(meta["ids"])
         self._index = {v: i for i, v in enumerate(self.ids)}
         self._frames = None
@@ -64,23 +65,23 @@ class FrameStore:
 
     # ------------------------------------------------------------------------------------- opening
     @classmethod
-    def open(cls, path, *, framerate: float, max_frames: int, size: int, backend: str | None = None) -> FrameStore:
+    def open(cls, path, *, framerate: float, max_frames: int, size: int, decoder: str | None = None) -> FrameStore:
         """Open an existing store, refusing it when its sampling settings differ from the given ones."""
         p = Path(path)
         mpath = p / "meta.json"
         if not mpath.exists():
             raise FileNotFoundError(f"no frame store at {p} (missing meta.json); build one with "
                                     "`gare data cache` or FrameStore.build")
-        meta = json.loads(mpath.read_text())
+        meta = _read_meta(mpath)
         want = {"framerate": float(framerate), "max_frames": int(max_frames), "size": int(size)}
-        if backend is not None:
-            want["backend"] = backend
+        if decoder is not None:
+            want["decoder"] = decoder
         _check_settings(p, meta["settings"], want)
         return cls(p, meta)
 
     @classmethod
     def build(cls, split_or_items, out_path, *, framerate: float, max_frames: int, size: int,
-              backend: str = "pyav", workers: int | None = None, report=None, progress: bool = False,
+              decoder: str = "pyav", workers: int | None = None, report=None, progress: bool = False,
               flush_every: int = 64) -> FrameStore:
         """Decode the sampled frames of every video once into a store at ``out_path``.
 
@@ -88,7 +89,7 @@ class FrameStore:
             split_or_items: a :class:`~gare.data.datasets.Split` or an iterable of
                 :class:`~gare.data.datasets.VideoItem` (video_id, path, start, end are used).
             out_path: store folder (created; resumed or extended if it exists with the same settings).
-            framerate, max_frames, size, backend: sampling settings (recorded; see ``sample_frames``).
+            framerate, max_frames, size, decoder: sampling settings (recorded; see ``sample_frames``).
             workers: decoding processes (default: all cores; 1 decodes in this process).
             report: a :class:`~gare.data.report.BadInputReport` (or path) to record failed videos in.
             progress: show a tqdm progress bar.
@@ -107,10 +108,10 @@ class FrameStore:
         out = Path(out_path)
         out.mkdir(parents=True, exist_ok=True)
         settings = {"framerate": float(framerate), "max_frames": int(max_frames), "size": int(size),
-                    "backend": backend}
+                    "decoder": decoder}
         mpath = out / "meta.json"
         if mpath.exists():
-            meta = json.loads(mpath.read_text())
+            meta = _read_meta(mpath)
             _check_settings(out, meta["settings"], settings)
             old_ids = list(meta["ids"])
         else:
@@ -142,7 +143,7 @@ class FrameStore:
         if stale:
             log.info("frame store %s: %d videos changed since they were decoded; decoding them again", out, stale)
         status.flush()
-        _write_json_atomic(mpath, meta)
+        atomic_write(mpath, json.dumps(meta))
 
         store = cls(out, meta)
         wanted = {it.video_id for it in items}
@@ -182,7 +183,7 @@ class FrameStore:
                         bar.update(1)
             finally:
                 status.flush()
-                _write_json_atomic(mpath, meta)
+                atomic_write(mpath, json.dumps(meta))
                 fail_f.close()
                 if bar is not None:
                     bar.close()
@@ -273,10 +274,13 @@ def _stamp(path) -> list | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
+def _read_meta(path: Path) -> dict:
+    """meta.json of a store; stores written before the decoder setting got its one name say "backend"."""
+    meta = json.loads(path.read_text())
+    settings = meta["settings"]
+    if "backend" in settings and "decoder" not in settings:
+        settings["decoder"] = settings.pop("backend")
+    return meta
 
 
 def _resize_arrays(out: Path, n: int, max_frames: int, size: int) -> None:
@@ -312,7 +316,7 @@ def _worker_task(task):
     st = _W["settings"]
     try:
         frames, mask = sample_frames(path, framerate=st["framerate"], max_frames=st["max_frames"], start=start,
-                                     end=end, backend=st["backend"], size=st["size"])
+                                     end=end, decoder=st["decoder"], size=st["size"])
     except VideoDecodeError as e:
         return i, (e.kind, e.reason)
     except Exception as e:  # a decoder crash must not stop the build: record it

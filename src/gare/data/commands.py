@@ -62,7 +62,8 @@ def _add_subcommands(sub) -> None:
     k.add_argument("--framerate", type=float, default=1.0)
     k.add_argument("--max-frames", type=int, default=12)
     k.add_argument("--size", type=int, default=224)
-    k.add_argument("--backend", default="pyav", choices=["pyav", "opencv", "decord"])
+    k.add_argument("--decoder", "--backend", dest="decoder", default="pyav", choices=["pyav", "opencv", "decord"],
+                   help="video decoder (the recipe key data.decoder; --backend is the old name)")
     k.add_argument("--workers", type=int, default=None)
     k.add_argument("--max-bad-fraction", type=float, default=0.01)
     k.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -277,7 +278,7 @@ def cmd_cache(args) -> int:
                        max_bad_fraction=args.max_bad_fraction, **_parse_options(args.option))
     t0 = time.time()
     store = FrameStore.build(split, out, framerate=args.framerate, max_frames=args.max_frames, size=args.size,
-                             backend=args.backend, workers=args.workers, report=report, progress=True)
+                             decoder=args.decoder, workers=args.workers, report=report, progress=True)
     failed = sum(1 for it in split.items if it.video_id not in store)
     report.check(split.meta["listed_videos"], what=f"videos of {args.dataset}/{args.split}", kinds=VIDEO_KINDS)
     print(json.dumps({"store": str(out), "videos": len(split.items), "failed": failed,

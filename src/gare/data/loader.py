@@ -32,12 +32,12 @@ class _FrameSource:
     """Frames of a split's videos, from a store when it has them, else by decoding."""
 
     def __init__(self, split: Split, *, framerate: float, max_frames: int, transform, store: FrameStore | None,
-                 backend: str, report, max_bad_fraction: float):
+                 decoder: str, report, max_bad_fraction: float):
         self.split = split
         self.framerate = float(framerate)
         self.max_frames = int(max_frames)
         self.transform = transform
-        self.backend = backend
+        self.decoder = decoder
         if store is not None and (abs(store.framerate - self.framerate) > 1e-9 or store.max_frames != self.max_frames):
             raise ValueError(
                 f"frame store {store.path} has framerate={store.framerate}, max_frames={store.max_frames} but "
@@ -59,7 +59,7 @@ class _FrameSource:
             if self.store is not None and self.store.failure(it.video_id) is not None:
                 self.store.get(it.video_id)  # raises the recorded VideoDecodeError
             return sample_frames(it.path, framerate=self.framerate, max_frames=self.max_frames, start=it.start,
-                                 end=it.end, backend=self.backend)
+                                 end=it.end, decoder=self.decoder)
         except VideoDecodeError as e:
             self._failed[vi] = e
             self.report.add(e.kind, it.video_id, e.reason, path=e.path, split=self._tag, stage="loader",
@@ -86,7 +86,7 @@ class TrainPairDataset(Dataset):
             None returns the uint8 frames as a tensor.
         store: a :class:`~gare.data.cache.FrameStore` to read instead of decoding (videos it lacks are decoded).
         pairs: ``(video_index, caption)`` pairs (default ``split.train_pairs()``; e.g. noisy pairs).
-        backend: decoder for videos not in the store.
+        decoder: decoder for videos not in the store (``data.decoder``: pyav, opencv, decord).
         report: bad-input report (a :class:`BadInputReport`, a file, or a run directory).
         max_bad_fraction: failures allowed, as a fraction of the split's videos.
 
@@ -96,13 +96,13 @@ class TrainPairDataset(Dataset):
 
     def __init__(self, split: Split, *, framerate: float, max_frames: int, transform=None,
                  store: FrameStore | None = None, pairs: list[tuple[int, str]] | None = None,
-                 backend: str = "pyav", report=None, max_bad_fraction: float = 0.01):
+                 decoder: str = "pyav", report=None, max_bad_fraction: float = 0.01):
         self.split = split
         self.pairs = list(pairs) if pairs is not None else split.train_pairs()
         if not self.pairs:
             raise ValueError(f"{split.dataset}/{split.name}: no training pairs")
         self.src = _FrameSource(split, framerate=framerate, max_frames=max_frames, transform=transform,
-                                store=store, backend=backend, report=report, max_bad_fraction=max_bad_fraction)
+                                store=store, decoder=decoder, report=report, max_bad_fraction=max_bad_fraction)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -128,12 +128,12 @@ class VideoDataset(Dataset):
     """
 
     def __init__(self, split: Split, *, framerate: float, max_frames: int, transform=None,
-                 store: FrameStore | None = None, backend: str = "pyav", report=None,
+                 store: FrameStore | None = None, decoder: str = "pyav", report=None,
                  max_bad_fraction: float = 0.01, size: int | None = None):
         self.split = split
         self.size = size if size is not None else getattr(transform, "size", None) or (store.size if store else 224)
         self.src = _FrameSource(split, framerate=framerate, max_frames=max_frames, transform=transform,
-                                store=store, backend=backend, report=report, max_bad_fraction=max_bad_fraction)
+                                store=store, decoder=decoder, report=report, max_bad_fraction=max_bad_fraction)
 
     def __len__(self) -> int:
         return len(self.split.items)

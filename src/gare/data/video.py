@@ -8,7 +8,7 @@ mark them False in the mask. The frame shown at time ``t`` is the last decoded f
 ``<= t``.
 
 Backends: ``"pyav"`` (default; FFmpeg through PyAV), ``"opencv"`` (cv2.VideoCapture) and ``"decord"``
-(optional, imported only when asked for). The backend and the frame rate change what the model sees, so
+(optional, imported only when asked for). The decoder and the frame rate change what the model sees, so
 callers record them in run metadata (:func:`sampling_settings`).
 """
 
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("pyav", "decord", "opencv")
+DECODERS = ("pyav", "decord", "opencv")  # the values of data.decoder
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -57,9 +57,9 @@ class VideoDecodeError(RuntimeError):
         return (type(self), (self.path, self.reason, self.kind))
 
 
-def sampling_settings(*, framerate: float, max_frames: int, backend: str, size: int | None = None) -> dict:
+def sampling_settings(*, framerate: float, max_frames: int, decoder: str, size: int | None = None) -> dict:
     """The settings that determine sampled frames, for run metadata and frame stores."""
-    return {"framerate": float(framerate), "max_frames": int(max_frames), "backend": str(backend),
+    return {"framerate": float(framerate), "max_frames": int(max_frames), "decoder": str(decoder),
             "size": None if size is None else int(size)}
 
 
@@ -86,7 +86,7 @@ def sample_times(duration: float, *, framerate: float = 1.0, max_frames: int = 1
 
 
 def sample_frames(path, *, framerate: float = 1.0, max_frames: int = 12, start: float | None = None,
-                  end: float | None = None, backend: str = "pyav", size: int | None = None,
+                  end: float | None = None, decoder: str = "pyav", size: int | None = None,
                   threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Decode and sample frames of one video.
 
@@ -95,7 +95,7 @@ def sample_frames(path, *, framerate: float = 1.0, max_frames: int = 12, start: 
         framerate: frames per second to sample at before the uniform subsampling to ``max_frames``.
         max_frames: F, the number of frames returned (padded when the video gives fewer).
         start, end: optional segment in seconds (ActivityNet / DiDeMo moments); end is clipped to the video.
-        backend: "pyav" (default), "opencv" or "decord".
+        decoder: "pyav" (default), "opencv" or "decord" (the recipe key ``data.decoder``).
         size: if given, frames are resized (bicubic, short side = size) and center-cropped to size x size.
         threads: decoder threads (pyav); 1 suits process pools, 0 lets FFmpeg choose.
 
@@ -107,8 +107,8 @@ def sample_frames(path, *, framerate: float = 1.0, max_frames: int = 12, start: 
         VideoDecodeError: missing, empty, truncated or undecodable file, unknown codec, no video stream,
             or a segment outside the video.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown video backend {backend!r}; choose one of {BACKENDS}")
+    if decoder not in _SAMPLERS:
+        raise ValueError(f"unknown video decoder {decoder!r}; choose one of {DECODERS}")
     if framerate <= 0:
         raise ValueError(f"framerate must be > 0, got {framerate}")
     if max_frames < 1:
@@ -116,12 +116,10 @@ def sample_frames(path, *, framerate: float = 1.0, max_frames: int = 12, start: 
     if start is not None and end is not None and end <= start:
         raise VideoDecodeError(path, f"empty segment: end {end} s <= start {start} s", "bad_segment")
     _check_file(path)
-    if backend == "pyav":
-        frames = _sample_pyav(path, framerate, max_frames, start, end, threads)
-    elif backend == "opencv":
-        frames = _sample_opencv(path, framerate, max_frames, start, end)
+    if decoder == "pyav":
+        frames = _SAMPLERS[decoder](path, framerate, max_frames, start, end, threads)
     else:
-        frames = _sample_decord(path, framerate, max_frames, start, end)
+        frames = _SAMPLERS[decoder](path, framerate, max_frames, start, end)
     return _finish(frames, max_frames, size)
 
 
@@ -405,8 +403,8 @@ def _sample_decord(path, framerate, max_frames, start, end) -> list[np.ndarray]:
         import decord
     except ImportError as e:
         raise ImportError(
-            "backend='decord' needs the optional package decord (pip install decord); "
-            "use backend='pyav' (default) or 'opencv' otherwise") from e
+            "decoder='decord' needs the optional package decord (pip install decord); "
+            "use decoder='pyav' (default) or 'opencv' otherwise") from e
     try:
         vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     except Exception as e:  # decord raises its own DECORDError
@@ -582,3 +580,7 @@ def iter_video_files(root, exts: Iterable[str] = (".mp4", ".avi", ".mkv", ".webm
             if os.path.splitext(name)[1].lower() in exts:
                 out.append(Path(dirpath) / name)
     yield from sorted(out)
+
+
+# decoder name (data.decoder) -> sampler(path, framerate, max_frames, start, end[, threads]) -> RGB frames
+_SAMPLERS = {"pyav": _sample_pyav, "opencv": _sample_opencv, "decord": _sample_decord}

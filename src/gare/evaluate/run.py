@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import ConfigError, _coerce, apply_overrides, load_config
+from ..config import Config, ConfigError, load_config, merge_overrides
 from .protocol import EncodedSplit, encode_texts, encode_videos, evaluate_encoded, metrics_table, needs_words
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,6 @@ def run_config_of(checkpoint: Path):
 def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", config: str | None = None,
                         overrides: list[str] | None = None, dsl: bool = False, qb_norm: bool = False,
                         two_stage_k: int | None = None, out: str | Path | None = None, device: str = "auto") -> dict:
-    from ..config import Config
     from ..data.loader import VideoDataset, collate
     from ..data.video import FrameTransform
     from ..model.gare import load_model
@@ -46,7 +45,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", config: 
         d = run_config_of(ckpt)
         if d is None:
             raise ConfigError(f"{ckpt} carries no run config; pass --config RECIPE to say which data to evaluate on")
-        cfg = _coerce(apply_overrides(d, overrides or []), Config, "")
+        cfg = merge_overrides(d, overrides, Config)
     dev = resolve_device(device)
     model = load_model(ckpt, device=dev)
     data = resolve_data(cfg, splits=tuple(sorted({split, "train"})) if qb_norm else (split,),

@@ -8,14 +8,13 @@ layer_norm{1,2,3}.*}``, ``agent.psi.mean_proj.*``, ``agent.psi.log_std_proj.*``;
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from typing import Any
 
 from torch import Tensor
 
-from ..config import ModelConfig, _coerce, apply_overrides
+from ..config import ModelConfig, merge_overrides
 from .backbone import OPENAI_EXTRA_KEYS, _merge_heads, arch_config, infer_openai_arch
 from .weights import CheckpointError, load_state_dict_strict
 
@@ -72,9 +71,7 @@ def official_model_config(sd: dict[str, Tensor], overrides: dict[str, Any] | Non
         "scorer": {"use_delta": True, "pooling": "text", "pool_temperature": 3.0,
                    "psi": {"layers": max(players, 1)}},
     }
-    ov = dict(overrides or {})
-    d = apply_overrides(d, [f"{k}={json.dumps(v)}" for k, v in ov.items()])
-    return _coerce(d, ModelConfig, "model")
+    return merge_overrides(d, overrides, ModelConfig, prefix="model")
 
 
 def load_official_gare(sd: dict[str, Tensor], *, source: str, overrides: dict[str, Any] | None = None):

@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ..config import Config, ModelConfig, _coerce, apply_overrides, validate
+from ..config import Config, ModelConfig, merge_overrides, validate
 from .backbone import ClipBackbone, make_backbone
 from .scorer import PairScorer, ScoreOutput, check_inputs, masked_mean
 from .temporal import build_temporal
@@ -278,8 +278,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", **overrides
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{path}: not a gare checkpoint (metadata format={meta.get('format')!r}); "
                                   "convert official weights with `gare convert SRC DST`")
-        cfg_dict = apply_overrides(json.loads(meta["model_config"]), [f"{k}={json.dumps(v)}" for k, v in ov.items()])
-        cfg = _coerce(cfg_dict, ModelConfig, "model")
+        cfg = merge_overrides(json.loads(meta["model_config"]), ov, ModelConfig, prefix="model")
         model = GareModel(cfg)
         load_state_dict_strict(model, tensors, source=str(path))
         return model.to(device).eval()
@@ -289,9 +288,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", **overrides
     if sd is not None and is_official_gare(sd):
         return load_official_gare(sd, source=str(path), overrides=ov).to(device).eval()
     # OpenAI CLIP (TorchScript or state dict): fresh GARE head
-    cfg_dict = apply_overrides({"backbone": {"weights": str(path), "arch": ov.pop("backbone.arch", "ViT-B-32")}},
-                               [f"{k}={json.dumps(v)}" for k, v in ov.items()])
-    cfg = _coerce(cfg_dict, ModelConfig, "model")
+    cfg = merge_overrides({"backbone": {"weights": str(path), "arch": ov.pop("backbone.arch", "ViT-B-32")}}, ov,
+                          ModelConfig, prefix="model")
     model = GareModel(cfg)
     log.info("loaded CLIP weights from %s; temporal module and psi freshly initialized", path)
     return model.to(device).eval()

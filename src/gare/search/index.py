@@ -425,7 +425,7 @@ def _decode(job: tuple[Path, str], *, settings: IndexSettings, thumb_frames: int
     item = _Decoded(path, rel, st.st_size, st.st_mtime_ns)
     try:
         frames, mask = sample_frames(path, framerate=settings.framerate, max_frames=settings.max_frames,
-                                     backend=settings.backend, threads=1)
+                                     decoder=settings.backend, threads=1)
         if not mask.any():
             raise VideoDecodeError(path, "no frame could be sampled", "undecodable")
         item.height, item.width = int(frames.shape[1]), int(frames.shape[2])

@@ -59,7 +59,7 @@ def resolve_data(cfg: Config, *, splits=("train", "val", "test"), image_size: in
             path = Path(videos) / f"frames_fps{d.framerate:g}_f{d.max_frames}_s{image_size}.store"
         items = [it for s in loaded.values() for it in s.items]
         store = FrameStore.build(items, path, framerate=d.framerate, max_frames=d.max_frames, size=image_size,
-                                 backend=d.decoder)
+                                 decoder=d.decoder)
     return RunData(loaded, store, annotations, videos)
 
 

@@ -105,7 +105,7 @@ class Trainer:
         pairs, self.corrupted = train_pairs(cfg, train_split)
         self.collate = collate
         self.video_kwargs = dict(framerate=cfg.data.framerate, max_frames=cfg.data.max_frames, store=self.data.store,
-                                 backend=cfg.data.decoder, report=self.run_dir,
+                                 decoder=cfg.data.decoder, report=self.run_dir,
                                  max_bad_fraction=cfg.data.bad_input_threshold)
         if tc.features:
             from .features import FeaturePairDataset, feature_collate, load_features
