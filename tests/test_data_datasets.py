@@ -330,3 +330,37 @@ def test_unknown_dataset_and_split():
         load_split("kinetics", "test", annotations=".")
     with pytest.raises(ValueError, match="unknown split"):
         load_split("msvd", "dev", annotations=".")
+
+
+# ------------------------------------------------------------------------------------------- registry
+def test_registry_lists_every_reader_with_its_published_sizes(tmp_path, caplog):
+    from gare.data.datasets import DATASETS, PUBLISHED_SIZES, READERS, Reader, get_reader
+
+    assert DATASETS == ("msrvtt", "msvd", "didemo", "activitynet", "jsonl")
+    assert all(isinstance(READERS[d], Reader) and READERS[d].name == d for d in DATASETS)
+    # each reader declares its sizes; the flat table is gathered from them
+    assert get_reader("msrvtt").published_size("train", {"train_list": "7k"}) == 7010
+    assert get_reader("msrvtt").published_size("test", {"test_list": "full"}) == 2990
+    assert get_reader("msrvtt").published_size("val", {}) is None  # a hold-out has no published size
+    assert get_reader("activitynet").published_size("val", {}) is None
+    assert get_reader("didemo").published_size("val", {}) == 1065
+    assert get_reader("jsonl").published_size("train", {}) is None
+    assert PUBLISHED_SIZES[("msrvtt", "train", "9k")] == 9000 and PUBLISHED_SIZES[("msvd", "test")] == 670
+    assert len(PUBLISHED_SIZES) == 4 + 3 + 3 + 2
+    with pytest.raises(ValueError, match="unknown dataset 'kinetics'.*msrvtt"):
+        get_reader("kinetics")
+    # a reader's own options are checked: an unknown one names the dataset
+    with pytest.raises(TypeError, match="msvd: .*unexpected keyword.*'val_size'"):
+        load_split("msvd", "test", annotations=tmp_path, check_videos=False, val_size=3)
+
+
+def test_published_size_mismatch_is_logged(tmp_path, caplog):
+    d = need_annotations("msvd")
+    for f in ("test_list.txt", "captions_msvd.json"):
+        shutil.copy(d / f, tmp_path / f)
+    ids = (tmp_path / "test_list.txt").read_text().split()
+    (tmp_path / "test_list.txt").write_text("\n".join(ids[:10]) + "\n")
+    with caplog.at_level("WARNING"):
+        sp = load_split("msvd", "test", annotations=tmp_path, check_videos=False)
+    assert len(sp) == 10 and sp.meta["published_videos"] == 670
+    assert "annotations describe 10 videos, the published split has 670" in caplog.text
