@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..io import atomic_write
 from ..plots import plot_mean_curves, plot_metric_by_series
 from .grid import Grid, rel_path, resolve_run, train_command
 
@@ -144,12 +145,12 @@ def write_results(grid: Grid, runs: dict[str, dict[int, dict]], command: str | N
         md += [f"![{f.stem}]({f.name})", ""]
     if wall_seconds is not None:
         md += [f"Wall time of this invocation: {wall_seconds / 60:.1f} min ({env}).", ""]
-    grid.results.with_suffix(".md").write_text("\n".join(md))
+    atomic_write(grid.results.with_suffix(".md"), "\n".join(md))
     payload = {"grid": str(rel_path(grid.path)), "title": grid.title, "recipe": str(rel_path(grid.recipe)),
                "seeds": grid.seeds, "steps": grid.steps, "overrides": grid.overrides, "command": command,
                "environment": env, "rows": rows,
                "runs": {v: {str(s): train_command(grid, next(x for x in grid.variants if x.name == v), s)
                             for s in by_seed} for v, by_seed in runs.items()}}
-    grid.results.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=float))
+    atomic_write(grid.results.with_suffix(".json"), json.dumps(payload, indent=2, default=float))
     log.info("wrote %s (%d/%d runs)", grid.results.with_suffix(".md"), done, expected)
     return payload

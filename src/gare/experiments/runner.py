@@ -15,6 +15,7 @@ from ..config import Config, ConfigError, config_from_dict, config_to_dict, load
 from ..data.loader import collate
 from ..evaluate.geometry import split_geometry
 from ..evaluate.protocol import encode_texts, encode_videos
+from ..io import atomic_write
 from ..model.gare import load_model
 from ..train import distributed as dist_utils
 from ..train.features import extract_features
@@ -62,10 +63,8 @@ def split_test_geometry(trainer: Trainer) -> dict:
 def export_backbone(checkpoint: Path, out: Path) -> Path:
     """Write the CLIP towers of a gare checkpoint as an open_clip state dict (``model.backbone.weights``)."""
     model = load_model(checkpoint, device="cpu")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    torch.save({k: v.detach().clone() for k, v in model.backbone.clip.state_dict().items()}, tmp)
-    tmp.replace(out)
+    state = {k: v.detach().clone() for k, v in model.backbone.clip.state_dict().items()}
+    atomic_write(out, lambda tmp: torch.save(state, tmp))
     log.info("exported the CLIP towers of %s to %s", checkpoint, out)
     return out
 
@@ -103,7 +102,7 @@ def run_one(grid: Grid, variant: Variant, seed: int, *, force: bool = False) -> 
             raise ConfigError(f"{run_dir} exists and is not a run directory; refusing to overwrite it")
         shutil.rmtree(run_dir)  # metrics.jsonl is appended to: a rerun starts from an empty folder
     run_dir.mkdir(parents=True)
-    (run_dir / "sweep_run.json").write_text(json.dumps(
+    atomic_write(run_dir / "sweep_run.json", json.dumps(
         {"grid": str(grid.path), "variant": variant.name, "seed": seed, "overrides": ov,
          "command": train_command(grid, variant, seed), "config": config_record(cfg)}, indent=2))
     log.info("sweep %s: training %s seed %d -> %s", grid.name, variant.name, seed, run_dir)
@@ -120,7 +119,7 @@ def run_one(grid: Grid, variant: Variant, seed: int, *, force: bool = False) -> 
     finally:
         dist_utils.cleanup()
     # results.json last: its presence marks the run as finished
-    (run_dir / "results.json").write_text(json.dumps(res, indent=2, default=float))
+    atomic_write(run_dir / "results.json", json.dumps(res, indent=2, default=float))
     return res
 
 
