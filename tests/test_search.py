@@ -17,7 +17,8 @@ from gare.config import BackboneConfig, ModelConfig, TemporalConfig
 from gare.model import GareModel
 from gare.search import IndexMismatchError, QueryError, SearchEngine, build_index, validate_k, validate_query
 from gare.search import index as index_mod
-from gare.search.index import DB_NAME, THUMB_DIR, load_embeddings, thumbnail_strip
+from gare.search.media import thumbnail_strip
+from gare.search.store import DB_NAME, THUMB_DIR, file_sha256, load_embeddings
 
 QUERIES = ["a red circle moves left", "a blue square grows", "a green triangle moves up, then a yellow cross appears",
            "a purple cross shrinks", "an orange square moves down", "a yellow circle moves right"]
@@ -115,8 +116,8 @@ def test_metadata_thumbnails_and_embeddings_match_direct_encoding(built_index, s
     meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
     con.close()
     settings = json.loads(meta["settings"])
-    assert settings["model_id"] == index_mod.file_sha256(tiny_ckpt)
-    assert (settings["framerate"], settings["max_frames"], settings["backend"]) == (1.0, 12, "pyav")
+    assert settings["model_id"] == file_sha256(tiny_ckpt)
+    assert (settings["framerate"], settings["max_frames"], settings["decoder"]) == (1.0, 12, "pyav")
     assert meta["root"] == str(shapes20.resolve())
     vid, rel, size, mtime, duration, n_frames, w, h = rows[0]
     st = (shapes20 / rel).stat()
@@ -172,7 +173,7 @@ def test_thumbnail_strip_layout():
 
 def test_resume_after_interrupt_gives_the_same_index(shapes20, tiny_ckpt, tmp_path, monkeypatch):
     out = tmp_path / "index"
-    real = index_mod._decode
+    real = index_mod.decode_video
     calls = {"n": 0}
 
     def interrupting(job, **kw):
@@ -181,19 +182,39 @@ def test_resume_after_interrupt_gives_the_same_index(shapes20, tiny_ckpt, tmp_pa
             raise KeyboardInterrupt
         return real(job, **kw)
 
-    monkeypatch.setattr(index_mod, "_decode", interrupting)
+    monkeypatch.setattr(index_mod, "decode_video", interrupting)
     with pytest.raises(KeyboardInterrupt):
         build_index(shapes20, tiny_ckpt, out, workers=1, batch_size=4, flush_every=5)
-    monkeypatch.setattr(index_mod, "_decode", real)
+    monkeypatch.setattr(index_mod, "decode_video", real)
     assert len(_db_paths(out)) == 11  # two flushes of 5, then the 11th saved on the interrupt
     rep = build_index(shapes20, tiny_ckpt, out, workers=1)
     assert (rep.added, rep.unchanged, rep.total) == (9, 11, 20)
     fresh = tmp_path / "fresh"
     build_index(shapes20, tiny_ckpt, fresh, workers=1)
     a, b = _by_path(out), _by_path(fresh)
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys() and _ids_by_path(out) == _ids_by_path(fresh)  # same files, same ids, exactly
     for k in a:
-        assert torch.equal(a[k][0], b[k][0]) and torch.equal(a[k][1], b[k][1])
+        _assert_same_embedding(a[k], b[k])
+
+
+# The encoder's float32 results change in the last bits with the batch a video is encoded in (oneDNN/MKL pick
+# other blockings for other batch shapes): on this CPU up to 1.5e-6 on values of magnitude <= 7, i.e. a few
+# ulps. Resumed, updated and distributed runs batch the videos differently from a fresh run, so their
+# embeddings agree to this tolerance, not bit for bit; two different videos differ by far more than it.
+EMBED_ATOL = 1e-5
+
+
+def _assert_same_embedding(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> None:
+    torch.testing.assert_close(a[0], b[0], rtol=0, atol=EMBED_ATOL)  # frames [F, D]
+    torch.testing.assert_close(a[1], b[1], rtol=0, atol=EMBED_ATOL)  # mean [D]
+
+
+def _ids_by_path(index: Path) -> dict[str, int]:
+    con = sqlite3.connect(index / DB_NAME)
+    try:
+        return dict(con.execute("SELECT path, id FROM videos").fetchall())
+    finally:
+        con.close()
 
 
 def _by_path(index: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -231,9 +252,10 @@ def test_update_adds_new_and_drops_deleted_and_changed_files(shapes20, tiny_ckpt
     on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*.mp4")}
     assert _db_paths(out) == on_disk
     after = _by_path(out)
-    assert torch.equal(after["new/a.mp4"][0], before["synth_00004.mp4"][0])
-    assert torch.equal(after["synth_00007.mp4"][0], before["synth_00006.mp4"][0])  # re-encoded new content
-    assert torch.equal(after["synth_00008.mp4"][0], before["synth_00008.mp4"][0])
+    _assert_same_embedding(after["new/a.mp4"], before["synth_00004.mp4"])
+    _assert_same_embedding(after["synth_00007.mp4"], before["synth_00006.mp4"])  # re-encoded new content
+    assert (after["synth_00007.mp4"][1] - before["synth_00007.mp4"][1]).abs().max() > 100 * EMBED_ATOL
+    assert torch.equal(after["synth_00008.mp4"][0], before["synth_00008.mp4"][0])  # untouched row: same bits
     for gone in ("synth_00002.mp4", "synth_00003.mp4", "synth_00007.mp4"):
         assert not (out / THUMB_DIR / f"{old_ids[gone]}.jpg").exists()
     eng = SearchEngine.open(out)

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from gare.search import SearchEngine, build_index
-from gare.search.index import load_embeddings
 from gare.search.search import DEFAULT_RERANK_K
+from gare.search.store import load_embeddings
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,9 @@ Library API::
     hits = engine.search("a red circle moves left", k=10)
 """
 
-from .index import IndexMismatchError, IndexReport, IndexSettings, SearchIndexError, build_index, open_index_meta
+from .index import IndexReport, build_index
 from .search import Hit, QueryError, SearchEngine, validate_k, validate_query
+from .store import IndexMismatchError, IndexSettings, SearchIndexError, open_index_meta
 
 __all__ = ["build_index", "IndexReport", "IndexSettings", "IndexMismatchError", "SearchIndexError",
            "open_index_meta", "SearchEngine", "Hit", "QueryError", "validate_query", "validate_k"]

@@ -146,7 +146,7 @@ def is_loopback(host: str) -> bool:
 
 def serve(engine: SearchEngine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
     """Run the app with uvicorn until interrupted (loopback by default)."""
-    import uvicorn
+    import uvicorn  # lazy on purpose: the app object (tests, embedding) does not need the server
 
     if not is_loopback(host):
         log.warning("serving on %s: the search page and every indexed video are reachable from other machines",

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
-from .search import DEFAULT_RERANK_K, MAX_K
+import torch
+
+from .index import build_index
+from .search import DEFAULT_RERANK_K, MAX_K, SearchEngine, validate_k, validate_query
 
 
 def _device(name: str) -> str:
     if name != "auto":
         return name
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -23,11 +25,9 @@ def _fail(msg: str) -> int:
 
 
 def cmd_index(a) -> int:
-    from .index import build_index
-
     try:
         report = build_index(a.video_dir, a.model, a.out, update=a.update, framerate=a.framerate,
-                             max_frames=a.max_frames, backend=a.backend, dtype=a.dtype, batch_size=a.batch_size,
+                             max_frames=a.max_frames, decoder=a.decoder, dtype=a.dtype, batch_size=a.batch_size,
                              workers=a.workers, device=_device(a.device), progress=not a.no_progress)
     except ValueError as e:  # SearchIndexError, IndexMismatchError, bad options
         return _fail(str(e))
@@ -39,10 +39,6 @@ def cmd_index(a) -> int:
 
 
 def _open(a):
-    import logging
-
-    from .search import SearchEngine
-
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader logs every CPU-feature probe at INFO
 
     return SearchEngine.open(a.index, model=a.model, device=_device(a.device), rerank_k=a.rerank_k,
@@ -50,8 +46,6 @@ def _open(a):
 
 
 def cmd_search(a) -> int:
-    from .search import validate_k, validate_query
-
     try:
         validate_query(a.query)
         validate_k(a.k)
@@ -72,7 +66,7 @@ def cmd_search(a) -> int:
 
 
 def cmd_serve(a) -> int:
-    from .app import serve
+    from .app import serve  # lazy on purpose: fastapi and uvicorn load only for `gare serve`
 
     try:
         engine = _open(a)
@@ -102,7 +96,9 @@ def add_search_commands(sub) -> None:
     i.add_argument("--update", action="store_true", help="also drop deleted files and re-encode changed ones")
     i.add_argument("--framerate", type=float, default=None, help="frames per second sampled (default: the model's)")
     i.add_argument("--max-frames", type=int, default=None, help="frames per video (default: the model's)")
-    i.add_argument("--backend", choices=["pyav", "opencv", "decord"], default=None, help="video decoder")
+    i.add_argument("--decoder", choices=["pyav", "opencv", "decord"], default=None,
+                   help="video decoder (default: the model's training setting, else pyav)")
+    i.add_argument("--backend", dest="decoder", choices=["pyav", "opencv", "decord"], help=argparse.SUPPRESS)
     i.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                    help="stored frame embeddings: float32 (exact) or float16 (half the size, slightly less exact)")
     i.add_argument("--batch-size", type=int, default=16)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sqlite3
 import threading
 import time
 import unicodedata
@@ -25,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .index import (
-    DB_NAME,
+from ..model.gare import load_model
+from .store import (
     THUMB_DIR,
     IndexMismatchError,
     SearchIndexError,
+    connect_readonly,
     file_sha256,
     load_embeddings,
     open_index_meta,
@@ -152,8 +152,6 @@ class SearchEngine:
             first_stage: "flat" (exact), "ivf" (approximate, for large collections) or "auto".
             root: where the indexed folder lives now, if it moved since indexing.
         """
-        from ..model.gare import load_model
-
         index_dir = Path(index_dir)
         meta = open_index_meta(index_dir)
         settings = meta["settings"]
@@ -170,7 +168,7 @@ class SearchEngine:
                                      "search it with the model it was built with, or index again with this one")
         t0 = time.perf_counter()
         gmodel = load_model(ckpt, device=device).eval()
-        con = sqlite3.connect(f"file:{index_dir / DB_NAME}?mode=ro", uri=True, timeout=30)
+        con = connect_readonly(index_dir)
         try:
             rows = con.execute("SELECT id, path, size, duration, n_frames, width, height FROM videos "
                                "ORDER BY id").fetchall()
@@ -194,7 +192,7 @@ class SearchEngine:
         s = self.meta["settings"]
         return {"videos": len(self), "damaged": self.meta.get("n_damaged", 0), "model": self.meta["model_path"],
                 "model_sha256": s["model_id"], "framerate": s["framerate"], "max_frames": s["max_frames"],
-                "backend": s["backend"], "first_stage": self.first_stage_kind, "rerank_k": self.rerank_k,
+                "decoder": s["decoder"], "first_stage": self.first_stage_kind, "rerank_k": self.rerank_k,
                 "max_k": MAX_K, "max_query_chars": MAX_QUERY_CHARS}
 
     def video_file(self, vid: int) -> Path | None:
@@ -247,7 +245,7 @@ class SearchEngine:
 
 def _first_stage_index(xb: np.ndarray, kind: str, nlist: int | None, nprobe: int | None):
     """FAISS inner-product index over normalized ``xb [N, D]``: ("flat", IndexFlatIP) or ("ivf", IndexIVFFlat)."""
-    import faiss
+    import faiss  # lazy on purpose: FAISS loads (and probes CPU features) only when an engine opens
 
     n, d = xb.shape
     if kind == "auto":
