@@ -417,3 +417,21 @@ def test_a_folder_of_only_damaged_files_gives_an_empty_searchable_index(tiny_ckp
     assert (rep.total, rep.added, rep.new_damaged) == (0, 0, 2)
     eng = SearchEngine.open(tmp_path / "index")
     assert len(eng) == 0 and eng.search("a red circle", k=5) == [] and eng.info()["damaged"] == 2
+
+
+def test_index_written_before_the_decoder_rename_still_opens_and_resumes(built_index, shapes20, tiny_ckpt, tmp_path):
+    """Older indexes store the decoder under the key 'backend': they open, search and resume unchanged."""
+    old = tmp_path / "old-index"
+    shutil.copytree(built_index, old)
+    con = sqlite3.connect(old / DB_NAME)
+    s = json.loads(con.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()[0])
+    s["backend"] = s.pop("decoder")
+    with con:
+        con.execute("UPDATE meta SET value = ? WHERE key = 'settings'", (json.dumps(s),))
+    con.close()
+    eng = SearchEngine.open(old)
+    assert eng.info()["decoder"] == "pyav" and len(eng.search(QUERIES[0], k=3)) == 3
+    rep = build_index(shapes20, tiny_ckpt, old)
+    assert (rep.added, rep.unchanged) == (0, 20)
+    with pytest.raises(IndexMismatchError, match="decoder: index has 'pyav', asked for 'opencv'"):
+        build_index(shapes20, tiny_ckpt, old, decoder="opencv")
