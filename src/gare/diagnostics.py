@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .model.scorer import final_cosine
+
 __all__ = [
     "alignment",
     "anchor_gradient_split",
@@ -157,8 +159,8 @@ def angle_stats(delta: Any, t: Any, vbar: Any, positives: Any = None) -> dict[st
     # <Delta_ij, vbar_j - t_i> and ||vbar_j - t_i||^2 expanded
     dot = torch.einsum("ijd,jd->ij", d, vb) - torch.einsum("ijd,id->ij", d, tt)
     gap_sq = (vb.square().sum(-1)[None, :] + tt.square().sum(-1)[:, None] - 2.0 * tt @ vb.T).clamp_min(0.0)
-    norm = torch.linalg.vector_norm(d, dim=-1)
-    cos = dot / (norm * gap_sq.sqrt()).clamp_min(_EPS)
+    norm = torch.linalg.vector_norm(d, dim=-1)  # [B_t, B_v]
+    cos = final_cosine(dot, norm * norm, gap_sq)  # [B_t, B_v] cos(Delta_ij, vbar_j - t_i)
     allm = torch.ones_like(pos)
     return {
         "cos_gap": _masked_mean(cos, allm),

@@ -46,6 +46,30 @@ def masked_mean(f: Tensor, mask: Tensor | None) -> Tensor:
     return (f * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
 
 
+NORM_EPS = 1e-12  # F.normalize's floor on a norm
+
+
+def final_cosine(t_vhat: Tensor, tt: Tensor, vv: Tensor, *, side: str = "text", t_delta: Tensor | float = 0.0,
+                 d_vhat: Tensor | float = 0.0, dd: Tensor | float = 0.0) -> Tensor:
+    """The GARE score from inner products (any shape, broadcast elementwise).
+
+    ``side="text"``: ``cos(t + Delta, vhat)``; ``side="video"``: ``cos(t, vhat + Delta)``, from
+    ``t_vhat = <t, vhat>``, ``tt = |t|^2``, ``vv = |vhat|^2``, ``t_delta = <t, Delta>``,
+    ``d_vhat = <Delta, vhat>`` and ``dd = |Delta|^2``. Without the Delta terms (their default 0) it is
+    the plain cosine of two vectors from their inner product and squared norms. Each norm is floored at
+    ``NORM_EPS`` as ``F.normalize`` does.
+    """
+    if side == "text":
+        num, sq1, sq2 = t_vhat + d_vhat, tt + 2.0 * t_delta + dd, vv
+    elif side == "video":
+        num, sq1, sq2 = t_vhat + t_delta, tt, vv + 2.0 * d_vhat + dd
+    else:
+        raise ValueError(f"side must be 'text' or 'video', got {side!r}")
+    n1 = sq1.clamp_min(0.0).sqrt().clamp_min(NORM_EPS)
+    n2 = sq2.clamp_min(0.0).sqrt().clamp_min(NORM_EPS)
+    return num / (n1 * n2)
+
+
 def check_inputs(t: Tensor, f: Tensor, mask: Tensor | None) -> None:
     if t.dim() != 2 or f.dim() != 3 or t.shape[-1] != f.shape[-1]:
         raise ValueError(f"expected text [N_t, D] and video [N_v, F, D], got {tuple(t.shape)} and {tuple(f.shape)}")
@@ -55,6 +79,11 @@ def check_inputs(t: Tensor, f: Tensor, mask: Tensor | None) -> None:
         if not bool(mask.bool().any(dim=1).all()):
             bad = (~mask.bool().any(dim=1)).nonzero().flatten().tolist()[:10]
             raise ValueError(f"videos {bad} have no valid frame in their mask")
+
+
+def _pair_cosine(a: Tensor, b: Tensor) -> Tensor:
+    """``cos(a, b)`` over the last axis (broadcast), through :func:`final_cosine`."""
+    return final_cosine((a * b).sum(-1), (a * a).sum(-1), (b * b).sum(-1))
 
 
 class PairScorer(nn.Module):
@@ -90,7 +119,7 @@ class PairScorer(nn.Module):
         """Reference scoring of every pair: ``t [B_t, D], f [B_v, F, D]`` -> :class:`ScoreOutput`."""
         vhat = self.pool(t, f, video_mask)
         if self.psi is None:
-            sim = torch.einsum("td,tvd->tv", F.normalize(t, dim=-1), F.normalize(vhat, dim=-1))
+            sim = _pair_cosine(t[:, None, :], vhat)  # [B_t, B_v]
             return ScoreOutput(sim=sim, t=t, vhat=vhat)
         vbar = masked_mean(f, video_mask)
         q = self.query(t, vbar)
@@ -104,11 +133,11 @@ class PairScorer(nn.Module):
         if self.cfg.delta_norm is not None:
             delta = self.cfg.delta_norm * F.normalize(delta, dim=-1)
         if self.cfg.side == "text":
-            corrected = t[:, None, :] + delta
-            sim = (F.normalize(corrected, dim=-1) * F.normalize(vhat, dim=-1)).sum(-1)
+            corrected = t[:, None, :] + delta  # [B_t, B_v, D]
+            sim = _pair_cosine(corrected, vhat)  # [B_t, B_v]
         else:
-            corrected = vhat + delta
-            sim = (F.normalize(t, dim=-1)[:, None, :] * F.normalize(corrected, dim=-1)).sum(-1)
+            corrected = vhat + delta  # [B_t, B_v, D]
+            sim = _pair_cosine(t[:, None, :], corrected)  # [B_t, B_v]
         return ScoreOutput(sim=sim, delta=delta, corrected=corrected, log_sigma=log_sigma, t=t, vhat=vhat, vbar=vbar)
 
     # -- evaluation ------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Two-stage retrieval (method.md section 6): rank by plain ``cos(t_i, vbar_j)``, rescore each text's top K
+"""Two-stage retrieval (docs/performance.md, section 2): rank by plain ``cos(t_i, vbar_j)``, rescore each text's top K
 videos with exact GARE scores.
 
 Stage 1 is a dual-encoder product ``[N_t, N_v]`` (``vbar_j``: the masked frame mean of the temporal
