@@ -16,6 +16,17 @@ import sys
 import time
 from pathlib import Path
 
+import av
+from tqdm import tqdm
+
+from ..io import atomic_write
+from .cache import FrameStore
+from .datasets import DATASETS, SPLITS, load_split
+from .encode import h264_writer
+from .report import VIDEO_KINDS, BadInputReport
+from .synthetic import generate
+from .video import DECODERS, VideoDecodeError, check_file, iter_video_files, pyav_duration
+
 log = logging.getLogger(__name__)
 
 
@@ -54,15 +65,15 @@ def _add_subcommands(sub) -> None:
     c.set_defaults(func=cmd_compress)
 
     k = sub.add_parser("cache", help="decode sampled frames once into a frame store")
-    k.add_argument("--dataset", required=True, choices=["msrvtt", "msvd", "didemo", "activitynet", "jsonl"])
-    k.add_argument("--split", required=True, choices=["train", "val", "test"])
+    k.add_argument("--dataset", required=True, choices=DATASETS)
+    k.add_argument("--split", required=True, choices=SPLITS)
     k.add_argument("--annotations", required=True, help="annotation folder (jsonl: the .jsonl file)")
     k.add_argument("--videos", default=None, help="video folder")
     k.add_argument("--out", required=True, help="store folder")
     k.add_argument("--framerate", type=float, default=1.0)
     k.add_argument("--max-frames", type=int, default=12)
     k.add_argument("--size", type=int, default=224)
-    k.add_argument("--decoder", "--backend", dest="decoder", default="pyav", choices=["pyav", "opencv", "decord"],
+    k.add_argument("--decoder", "--backend", dest="decoder", default="pyav", choices=DECODERS,
                    help="video decoder (the recipe key data.decoder; --backend is the old name)")
     k.add_argument("--workers", type=int, default=None)
     k.add_argument("--max-bad-fraction", type=float, default=0.01)
@@ -73,8 +84,6 @@ def _add_subcommands(sub) -> None:
 
 # ------------------------------------------------------------------------------------------- synth
 def cmd_synth(args) -> int:
-    from .synthetic import generate
-
     opts = {k: getattr(args, k) for k in ("size", "fps", "duration") if getattr(args, k) is not None}
     t0 = time.time()
     path = generate(args.out, n_videos=args.videos, seed=args.seed, workers=args.workers,
@@ -88,23 +97,15 @@ def compress_video(src, dst, *, fps: float = 3.0, short_side: int = 224, crf: in
     """Re-encode one video to H.264 at ``fps`` with its short side at most ``short_side`` (no upscaling).
 
     The frame shown at output time k / fps is the last source frame at or before it. Audio is dropped.
-    The output appears atomically (written to ``<dst>.part`` first), so a finished file is complete.
+    The output appears atomically (:func:`gare.io.atomic_write`), so a finished file is complete.
 
     Returns: {"frames": n, "width": w, "height": h, "seconds": duration}.
     """
-    import av
-
-    from .video import VideoDecodeError, _check_file, _pyav_duration
-
-    _check_file(src)
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".part")
+    check_file(src)
     try:
         inp = av.open(str(src), metadata_errors="ignore")
     except av.error.FFmpegError as e:
         raise VideoDecodeError(src, f"cannot open: {e}", "undecodable") from e
-    n_out = 0
     try:
         if not inp.streams.video:
             raise VideoDecodeError(src, "the file has no video stream", "no_video_stream")
@@ -114,69 +115,51 @@ def compress_video(src, dst, *, fps: float = 3.0, short_side: int = 224, crf: in
         w, h = vs.codec_context.width, vs.codec_context.height
         scale = min(1.0, short_side / max(1, min(w, h)))
         ow, oh = max(2, int(round(w * scale / 2)) * 2), max(2, int(round(h * scale / 2)) * 2)
-        st0 = float(vs.start_time * vs.time_base) if vs.start_time is not None else 0.0
-        with av.open(str(tmp), mode="w", format="mp4") as out:
-            os_ = out.add_stream("libx264", rate=_fraction(fps))
-            os_.width, os_.height, os_.pix_fmt = ow, oh, "yuv420p"
-            os_.options = {"crf": str(crf), "preset": "veryfast"}
-            os_.codec_context.thread_count = 1
-            prev = None
-            next_t = 0.0
-            last_t = 0.0
-            try:
-                for frame in inp.decode(vs):
-                    t = (float(frame.time) - st0) if frame.time is not None else last_t
-                    last_t = t
-                    # Emit the previous frame for every output time it covers (before this frame's time).
-                    while prev is not None and next_t < t - 1e-6:
-                        _emit(out, os_, prev, n_out, ow, oh)
-                        n_out += 1
-                        next_t = n_out / fps
-                    prev = frame
-            except av.error.FFmpegError as e:
-                if prev is None:
-                    raise VideoDecodeError(src, f"decoding failed: {e}", "undecodable") from e
-            if prev is None:
-                raise VideoDecodeError(src, "no frame could be decoded", "undecodable")
-            declared = _pyav_duration(inp, vs)
-            rate = vs.average_rate or vs.base_rate
-            covered = last_t + (1.0 / float(rate) if rate else 0.04)
-            if declared is not None and covered < declared - max(1.0, 0.1 * declared):
-                raise VideoDecodeError(src, f"truncated: frames stop at {covered:.2f} s but the header "
-                                       f"declares {declared:.2f} s", "truncated")
-            if n_out == 0 or next_t <= last_t + 1e-6:  # output times the last frame still covers
-                _emit(out, os_, prev, n_out, ow, oh)
-                n_out += 1
-            for pkt in os_.encode():
-                out.mux(pkt)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
+        done: dict = {}
+
+        def write(tmp: Path) -> None:
+            done["frames"] = _transcode(inp, vs, src, tmp, fps=fps, width=ow, height=oh, crf=crf)
+
+        atomic_write(dst, write)
     finally:
         inp.close()
-    os.replace(tmp, dst)
-    return {"frames": n_out, "width": ow, "height": oh, "seconds": n_out / fps}
+    return {"frames": done["frames"], "width": ow, "height": oh, "seconds": done["frames"] / fps}
 
 
-def _fraction(x: float):
-    from fractions import Fraction
-
-    return Fraction(x).limit_denominator(1001)
-
-
-def _emit(out, stream, frame, k: int, w: int, h: int) -> None:
-    f = frame.reformat(width=w, height=h, format="yuv420p", interpolation="BICUBIC")
-    f.pts = k
-    f.time_base = 1 / stream.average_rate
-    for pkt in stream.encode(f):
-        out.mux(pkt)
+def _transcode(inp, vs, src, out_path: Path, *, fps: float, width: int, height: int, crf: int) -> int:
+    """Decode stream ``vs`` of ``inp`` and write it at ``fps`` into ``out_path``; returns the frames written."""
+    st0 = float(vs.start_time * vs.time_base) if vs.start_time is not None else 0.0
+    with h264_writer(out_path, width=width, height=height, fps=fps, crf=crf) as out:
+        prev = None
+        next_t = 0.0
+        last_t = 0.0
+        try:
+            for frame in inp.decode(vs):
+                t = (float(frame.time) - st0) if frame.time is not None else last_t
+                last_t = t
+                # Write the previous frame for every output time it covers (before this frame's time).
+                while prev is not None and next_t < t - 1e-6:
+                    out.write_frame(prev)
+                    next_t = out.frames / fps
+                prev = frame
+        except av.error.FFmpegError as e:
+            if prev is None:
+                raise VideoDecodeError(src, f"decoding failed: {e}", "undecodable") from e
+        if prev is None:
+            raise VideoDecodeError(src, "no frame could be decoded", "undecodable")
+        declared = pyav_duration(inp, vs)
+        rate = vs.average_rate or vs.base_rate
+        covered = last_t + (1.0 / float(rate) if rate else 0.04)
+        if declared is not None and covered < declared - max(1.0, 0.1 * declared):
+            raise VideoDecodeError(src, f"truncated: frames stop at {covered:.2f} s but the header "
+                                   f"declares {declared:.2f} s", "truncated")
+        if out.frames == 0 or next_t <= last_t + 1e-6:  # output times the last frame still covers
+            out.write_frame(prev)
+        return out.frames
 
 
 def _compress_task(args):
     src, dst, fps, short_side, crf = args
-    from .video import VideoDecodeError
-
     try:
         info = compress_video(src, dst, fps=fps, short_side=short_side, crf=crf)
         return src, None, info
@@ -193,9 +176,6 @@ def compress_folder(src, dst, *, fps: float = 3.0, short_side: int = 224, crf: i
     Failures are listed in ``dst/bad_inputs.jsonl``; raises TooManyBadInputs above ``max_bad_fraction``.
     Returns counts: {"total", "skipped", "done", "failed"}.
     """
-    from .report import BadInputReport
-    from .video import iter_video_files
-
     src, dst = Path(src), Path(dst)
     files = [src] if src.is_file() else list(iter_video_files(src))
     if not files:
@@ -213,8 +193,6 @@ def compress_folder(src, dst, *, fps: float = 3.0, short_side: int = 224, crf: i
     report = BadInputReport(dst / "bad_inputs.jsonl", threshold=max_bad_fraction)
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(files), initial=skipped, desc="compress", unit="video")
     done = failed = 0
     workers = workers or os.cpu_count() or 1
@@ -267,10 +245,6 @@ def _parse_options(pairs: list[str]) -> dict:
 
 
 def cmd_cache(args) -> int:
-    from .cache import FrameStore
-    from .datasets import load_split
-    from .report import VIDEO_KINDS, BadInputReport
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = BadInputReport(out / "bad_inputs.jsonl", threshold=args.max_bad_fraction)

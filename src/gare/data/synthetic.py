@@ -20,7 +20,9 @@ Layout written by :func:`generate`::
 
     out_dir/videos/synth_00000.mp4 ...
     out_dir/annotations.jsonl     {"id", "video", "captions", "split", "meta": {...}} per line
-    out_dir/manifest.json         the options, for idempotence
+    out_dir/manifest.json         format version, seed, count and options: what the files are a function
+                                  of (idempotence here; caches key on it through
+                                  :func:`gare.data.fingerprint.dataset_fingerprint`)
 """
 
 from __future__ import annotations
@@ -31,14 +33,20 @@ import math
 import multiprocessing as mp
 import os
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_write
+from .encode import encode_mp4
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: deterministic encoder settings (single-threaded x264, no mbtree, numpy YUV)
+MANIFEST = "manifest.json"
+GENERATOR = "gare.data.synthetic"  # the manifest's "generator" value
+#: The keys of a manifest that determine the files (the rest is bookkeeping: complete, counts, seconds).
+MANIFEST_KEYS = ("format_version", "n_videos", "seed", "options")
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),
@@ -439,65 +447,6 @@ def render(desc, render_seed, *, size: int = 112, fps: int = 8, duration: float 
     return frames, info
 
 
-def rgb_to_yuv420p(img: np.ndarray) -> np.ndarray:
-    """uint8 RGB [H, W, 3] -> uint8 [H * 3 // 2, W] planar YUV 4:2:0 (BT.601, limited range).
-
-    Integer arithmetic in numpy rather than swscale, whose SIMD paths depend on buffer alignment (and
-    rather than float, whose reductions may too), so the encoded bytes are the same in every run.
-    """
-    f = img.astype(np.int32)
-    h, w = img.shape[:2]
-    r, g, b = f[..., 0], f[..., 1], f[..., 2]
-    y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
-    q = f.reshape(h // 2, 2, w // 2, 2, 3).sum(axis=(1, 3))  # 2x2 sums (exact), 4x the mean
-    rs, gs, bs = q[..., 0], q[..., 1], q[..., 2]
-    u = ((-38 * rs - 74 * gs + 112 * bs + 512) >> 10) + 128
-    v = ((112 * rs - 94 * gs - 18 * bs + 512) >> 10) + 128
-    planes = [np.clip(p, 0, 255).astype(np.uint8) for p in (y, u, v)]
-    return np.concatenate([planes[0], planes[1].reshape(h // 4, w), planes[2].reshape(h // 4, w)], axis=0)
-
-
-def _yuv_frame(av, planar: np.ndarray, w: int, h: int):
-    """A yuv420p VideoFrame from [H * 3 // 2, W] planes, with the row padding zeroed (not left as
-    uninitialized memory, which the encoder's SIMD code may read)."""
-    frame = av.VideoFrame(w, h, "yuv420p")
-    rows = (planar[:h], planar[h:h + h // 4].reshape(h // 2, w // 2), planar[h + h // 4:].reshape(h // 2, w // 2))
-    for plane, data in zip(frame.planes, rows):
-        buf = np.zeros((plane.height, plane.line_size), dtype=np.uint8)
-        buf[:, :data.shape[1]] = data
-        plane.update(buf.tobytes())
-    return frame
-
-
-def encode_mp4(frames: np.ndarray, path, *, fps: int = 8, crf: int = 20) -> None:
-    """Write uint8 [T, H, W, 3] RGB frames as an H.264 mp4 (yuv420p, single-threaded: deterministic)."""
-    import av
-
-    path = Path(path)
-    tmp = path.with_name(path.name + ".part")
-    with av.open(str(tmp), mode="w", format="mp4") as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.width, s.height = int(frames.shape[2]), int(frames.shape[1])
-        s.pix_fmt = "yuv420p"
-        # Threads off everywhere (frame, slice and lookahead) and no macroblock tree: x264 output is then
-        # byte-identical across runs and processes; with FFmpeg's default threading, or with mbtree, the
-        # bytes (and decoded pixels) vary from run to run.
-        s.codec_context.thread_count = 1
-        s.codec_context.thread_type = "NONE"
-        s.options = {"crf": str(crf), "preset": "veryfast", "g": str(4 * fps),
-                     "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0:mbtree=0"}
-        h, w = int(frames.shape[1]), int(frames.shape[2])
-        for k, img in enumerate(frames):
-            yuv = _yuv_frame(av, rgb_to_yuv420p(img), w, h)
-            yuv.pts = k  # explicit timestamps: x264's rate control reads them
-            yuv.time_base = Fraction(1, fps)
-            for pkt in s.encode(yuv):
-                c.mux(pkt)
-        for pkt in s.encode():
-            c.mux(pkt)
-    os.replace(tmp, path)
-
-
 def _render_task(args) -> tuple[str, dict]:
     vid, desc, render_seed, path, opts = args
     frames, info = render(desc, render_seed, size=opts["size"], fps=opts["fps"], duration=opts["duration"],
@@ -539,9 +488,9 @@ def generate(out_dir, n_videos: int = 1000, seed: int = 0, *, workers: int | Non
     out = Path(out_dir)
     vdir = out / "videos"
     ann = out / "annotations.jsonl"
-    man = out / "manifest.json"
+    man = out / MANIFEST
     record = {"format_version": FORMAT_VERSION, "n_videos": int(n_videos), "seed": int(seed), "options": opts}
-    old = json.loads(man.read_text()) if man.exists() else None
+    old = read_manifest(out)
     same = old is not None and {k: old.get(k) for k in record} == record
     if same and old.get("complete") and ann.exists() and not overwrite:
         if all((vdir / f"synth_{i:05d}.mp4").exists() for i in range(n_videos)):
@@ -551,13 +500,15 @@ def generate(out_dir, n_videos: int = 1000, seed: int = 0, *, workers: int | Non
     plan = _plan(int(n_videos), int(seed), opts)
     vdir.mkdir(parents=True, exist_ok=True)
     resume = same and not overwrite
-    man.write_text(json.dumps({**record, "complete": False}, indent=1))
+    atomic_write(man, json.dumps({**record, "generator": GENERATOR, "complete": False}, indent=1))
     if ann.exists():
         ann.unlink()
     for stale in vdir.glob("synth_*.mp4*"):  # left over from other options or a larger dataset
         idx = stale.name[6:11]
         if not resume or not idx.isdigit() or int(idx) >= n_videos or stale.name.endswith(".part"):
             stale.unlink()
+    for stale in vdir.glob(".synth_*.tmp.mp4"):  # temporary files of a killed run (see gare.io.atomic_write)
+        stale.unlink()
     tasks = []
     for v in plan:
         path = vdir / f"{v['id']}.mp4"
@@ -581,18 +532,37 @@ def generate(out_dir, n_videos: int = 1000, seed: int = 0, *, workers: int | Non
         if v["id"] not in infos:
             _, infos[v["id"]] = render(v["desc"], v["render_seed"], size=opts["size"], fps=opts["fps"],
                                        duration=opts["duration"], textured_fraction=opts["textured_fraction"])
-    with open(ann, "w", encoding="utf-8") as f:
-        for v in plan:
-            info = infos[v["id"]]
-            meta = _desc_meta(v["desc"])
-            meta.update({"background": info["background"], "tracks": info["tracks"],
-                         "hard_negative_of": v["hard_negative_of"],
-                         "differs_in": v["differs_in"], "duplicate_of": v["duplicate_of"]})
-            row = {"id": v["id"], "video": f"videos/{v['id']}.mp4", "captions": v["captions"],
-                   "split": v["split"], "meta": meta}
-            f.write(json.dumps(row) + "\n")
+    lines = []
+    for v in plan:
+        info = infos[v["id"]]
+        meta = _desc_meta(v["desc"])
+        meta.update({"background": info["background"], "tracks": info["tracks"],
+                     "hard_negative_of": v["hard_negative_of"],
+                     "differs_in": v["differs_in"], "duplicate_of": v["duplicate_of"]})
+        row = {"id": v["id"], "video": f"videos/{v['id']}.mp4", "captions": v["captions"],
+               "split": v["split"], "meta": meta}
+        lines.append(json.dumps(row) + "\n")
+    atomic_write(ann, "".join(lines))
     counts = {s: sum(1 for v in plan if v["split"] == s) for s in ("train", "val", "test")}
-    man.write_text(json.dumps({**record, "complete": True, "counts": counts,
-                               "seconds": round(time.time() - t0, 2)}, indent=1))
+    atomic_write(man, json.dumps({**record, "generator": GENERATOR, "complete": True, "counts": counts,
+                                  "seconds": round(time.time() - t0, 2)}, indent=1))
     log.info("generated %d videos (%s) in %s in %.1f s", len(plan), counts, out, time.time() - t0)
     return ann
+
+
+def read_manifest(root) -> dict | None:
+    """The generator's manifest of a dataset folder (``root/manifest.json``), or None when ``root`` holds
+    no generated dataset. Manifests written before the ``generator`` key existed are recognised by their
+    keys."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        man = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path} is not a readable manifest ({e}); regenerate the dataset with "
+                         f"`gare data synth {Path(root)} --overwrite`") from e
+    if not isinstance(man, dict) or man.get("generator", GENERATOR) != GENERATOR \
+            or any(k not in man for k in MANIFEST_KEYS):
+        return None
+    return man

@@ -115,7 +115,7 @@ def sample_frames(path, *, framerate: float = 1.0, max_frames: int = 12, start: 
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
     if start is not None and end is not None and end <= start:
         raise VideoDecodeError(path, f"empty segment: end {end} s <= start {start} s", "bad_segment")
-    _check_file(path)
+    check_file(path)
     if decoder == "pyav":
         frames = _SAMPLERS[decoder](path, framerate, max_frames, start, end, threads)
     else:
@@ -123,7 +123,8 @@ def sample_frames(path, *, framerate: float = 1.0, max_frames: int = 12, start: 
     return _finish(frames, max_frames, size)
 
 
-def _check_file(path) -> None:
+def check_file(path) -> None:
+    """Raise :class:`VideoDecodeError` (missing_video / empty_file) unless ``path`` is a non-empty file."""
     p = Path(path)
     if not p.exists():
         raise VideoDecodeError(path, "file does not exist", "missing_video")
@@ -231,7 +232,8 @@ def _pyav_open(path):
         raise VideoDecodeError(path, f"cannot open: {e}", "undecodable") from e
 
 
-def _pyav_duration(container, stream) -> float | None:
+def pyav_duration(container, stream) -> float | None:
+    """Duration in seconds a PyAV video stream (or else its container) declares, or None."""
     cands = []
     tb = stream.time_base
     if stream.duration is not None and tb is not None:
@@ -262,7 +264,7 @@ def _sample_pyav_open(container, path, framerate, max_frames, start, end, thread
         stream.thread_type = "AUTO"
     tb = float(stream.time_base) if stream.time_base is not None else None
     st0 = float(stream.start_time * stream.time_base) if stream.start_time is not None and tb else 0.0
-    duration = _pyav_duration(container, stream)
+    duration = pyav_duration(container, stream)
     if duration is None:
         duration = _pyav_demux_duration(path)
     targets, s, e = _window_and_targets(path, duration, framerate, max_frames, start, end)
