@@ -43,11 +43,25 @@ def cmd_demo(a) -> int:
 
 
 def cmd_convert(a) -> int:
+    from .model.convert import OFFICIAL_POOL_TEMPERATURE
     from .model.gare import load_model
 
-    model = load_model(a.src, device="cpu", **dict(kv.split("=", 1) for kv in a.overrides))
+    overrides = dict(kv.split("=", 1) for kv in a.overrides)
+    if a.pool_temperature is not None:
+        overrides["pool_temperature"] = a.pool_temperature
+    model = load_model(a.src, device="cpu", compat=a.compat, dataset=a.dataset, **overrides)
     model.save(a.dst)
-    print(f"wrote {a.dst}")
+    c = model.cfg
+    temporal = ("no temporal module" if c.temporal.kind == "meanP"
+                else f"temporal module {c.temporal.kind} ({c.temporal.layers} layers)")
+    dataset = a.dataset or ("not given (pass --dataset msvd for MSVD checkpoints: the release uses no temporal "
+                            "module there)")
+    T = c.scorer.pool_temperature
+    src_T = ("--pool-temperature" if a.pool_temperature is not None
+             else "the release's MSR-VTT script; it cannot be read off the weights, override with --pool-temperature"
+             if T == OFFICIAL_POOL_TEMPERATURE else "the checkpoint")
+    print(f"converted {a.src} -> {a.dst}\n  dataset: {dataset}\n  {temporal}\n"
+          f"  pool temperature: {T:g} (from {src_T})\n  compat: {c.compat}")
     return 0
 
 
@@ -116,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("src")
     c.add_argument("dst")
     c.add_argument("overrides", nargs="*")
+    c.add_argument("--dataset", choices=["msrvtt", "didemo", "activitynet", "msvd"], default=None,
+                   help="dataset the official checkpoint was trained on (msvd: no temporal module, as in the release)")
+    c.add_argument("--pool-temperature", type=float, default=None,
+                   help="text-conditioned pooling temperature (default 3, the release's MSR-VTT script)")
+    c.add_argument("--compat", choices=["release", "none"], default=None,
+                   help="scoring mode (official checkpoints: release by default)")
     c.set_defaults(func=cmd_convert)
 
     data = sub.add_parser("data", help="dataset tools")

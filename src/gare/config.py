@@ -73,6 +73,10 @@ class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    # "release": padded frame slots are encoded (as zero images), attended to by psi and averaged into vbar,
+    # as the official release computes them; "none": padding is masked everywhere. Set from
+    # ``release.padded_frames`` by load_config; recorded in checkpoints.
+    compat: str = "none"
 
 
 @dataclass
@@ -90,7 +94,8 @@ class LossConfig:
     direction_strict: bool = False
     lambda_gs: float = 0.0  # seed version's gradient supervision (0 = off)
     gs_eps: float = 1.0
-    multi_positive: bool = True
+    multi_positive: bool = True  # False: the diagonal only (the release; set by release.diagonal_positives)
+    radius_plain_zero: bool = False  # truncated radius term as the plain number 0 (release.plain_radius)
     use_ib: bool = True
     use_radius: bool = True
     use_direction: bool = True
@@ -152,9 +157,36 @@ class EvalConfig:
     qb_norm: bool = False
 
 
+RELEASE_SWITCHES = ("optimizer", "param_groups", "freeze_conv1", "fp16_weights", "gather_grad", "padded_frames",
+                    "diagonal_positives", "plain_radius", "augment")
+
+
+@dataclass
+class ReleaseConfig:
+    """The official release's training behaviours (docs/method-notes.md, table "release vs default").
+
+    Every switch is ``null`` by default: it then follows the top-level ``compat`` key (``release``: on,
+    ``none``: off). ``load_config`` resolves them to true/false.
+    """
+
+    optimizer: bool | None = None  # BertAdam (no bias correction) with its in-optimizer warm-up/cosine schedule
+    param_groups: bool | None = None  # no decay for names containing 'bias'/'LayerNorm.*'; lr x coef for "clip."
+    freeze_conv1: bool | None = None  # CLIP's patch embedding (visual.conv1) not trained
+    fp16_weights: bool | None = None  # CLIP Linear/Conv/attention/projection weights in fp16 (CUDA only)
+    fp16_weights_anywhere: bool = False  # force the fp16 weights on any device (tests); never set by compat
+    gather_grad: bool | None = None  # all-gather backward returns the local slice only (towers get 1/W)
+    padded_frames: bool | None = None  # padded slots encoded, attended by psi and averaged into vbar
+    diagonal_positives: bool | None = None  # InfoNCE positives = diagonal only (repeated videos are negatives)
+    plain_radius: bool | None = None  # the truncated radius term is the plain number 0 (no graph)
+    augment: bool | None = None  # RandAugment rand-m7-n4-mstd0.5-inc1 once per clip (timm) instead of ours
+    schedule_epochs: float = 5.0  # the release's schedule length T in epochs, whatever train.epochs is
+
+
 @dataclass
 class Config:
     name: str = "default"
+    compat: str = "none"  # "release": every switch of the `release` section defaults to on
+    release: ReleaseConfig = field(default_factory=ReleaseConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -163,6 +195,8 @@ class Config:
 
 
 _CHOICES = {
+    "compat": {"none", "release"},
+    "model.compat": {"none", "release"},
     "model.temporal.kind": {"seqTransf", "meanP"},
     "model.scorer.pooling": {"text", "mean"},
     "model.scorer.query": {"gap", "text"},
@@ -262,7 +296,7 @@ def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
 def config_from_dict(data: dict) -> Config:
     cfg = _from_dict(Config, data or {})
     validate(cfg)
-    return cfg
+    return resolve_compat(cfg)
 
 
 def config_to_dict(cfg: Any) -> dict:
@@ -356,6 +390,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             data = _merge(config_to_dict(parent), data)
     data = apply_overrides(data, overrides or [])
     return config_from_dict(data)
+
+
+def resolve_compat(cfg: Config) -> Config:
+    """Turn every ``release`` switch left at null into ``compat == "release"``; the model records the mode
+    (``model.compat = "release"`` when padded frames are treated as the release treats them). Idempotent."""
+    on = cfg.compat == "release"
+    for name in RELEASE_SWITCHES:
+        if getattr(cfg.release, name) is None:
+            setattr(cfg.release, name, on)
+    cfg.model.compat = "release" if cfg.release.padded_frames else "none"
+    if cfg.release.diagonal_positives:
+        cfg.loss.multi_positive = False
+    if cfg.release.plain_radius:
+        cfg.loss.radius_plain_zero = True
+    return cfg
 
 
 def validate(cfg: Config) -> None:

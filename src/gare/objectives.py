@@ -324,7 +324,13 @@ def gare_loss(
             terms["ib"] = ib_kl(delta, cfg.ib_anchor, cfg.ib_convention, cfg.ib_prior_sigma)
             total = total + cfg.beta * terms["ib"]
         if cfg.use_radius and cfg.lambda_eps != 0:
-            terms["radius"] = radius_loss(delta, cfg.eps_truncate)
+            if cfg.radius_plain_zero:  # the release: below -lambda the term is the number 0 (host sync)
+                r = radius_loss(delta, None)
+                if cfg.eps_truncate is not None and float(r) < -float(cfg.eps_truncate):
+                    r = zero
+                terms["radius"] = r
+            else:
+                terms["radius"] = radius_loss(delta, cfg.eps_truncate)
             total = total + cfg.lambda_eps * terms["radius"]
         if cfg.use_direction and cfg.lambda_dir != 0:
             terms["direction"] = direction_loss(delta, cfg.alpha, cfg.direction_strict)

@@ -571,6 +571,72 @@ class FrameTransform:
         return x
 
 
+#: The release's training augmentation (timm RandAugment grammar): 4 ops at magnitude 7 (std 0.5), increasing set.
+RELEASE_RANDAUGMENT = "rand-m7-n4-mstd0.5-inc1"
+
+
+class ReleaseFrameTransform:
+    """The official release's frame pipeline (docs/method-notes.md, "release vs default").
+
+    Training: timm's RandAugment ``rand-m7-n4-mstd0.5-inc1`` (bicubic, translate constant 0.45 x size, grey
+    fill) on the PIL frames, with ONE draw per clip (the same ops, magnitudes and signs on every frame), then
+    bicubic Resize(size) + CenterCrop(size) + CLIP normalization (torchvision, on PIL images). Evaluation: the
+    latter only. uint8 frames ``[F, H, W, 3]`` -> float32 ``[F, 3, size, size]``.
+
+    The per-clip draw is a seed taken from torch's global generator (seeded per item by the loader), so the
+    same seed gives the same frames; Python's and NumPy's global random states are restored afterwards.
+    """
+
+    def __init__(self, size: int, train: bool = True, config: str = RELEASE_RANDAUGMENT):
+        from PIL import Image
+        from torchvision import transforms as T
+
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self.size = int(size)
+        self.train = bool(train)
+        self.config = config
+        self._post = T.Compose([T.Resize(self.size, interpolation=T.InterpolationMode.BICUBIC),
+                                T.CenterCrop(self.size), T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
+        self._augment = None
+        if self.train:
+            # timm (a dependency of open_clip) is imported only for training transforms of release mode
+            from timm.data.auto_augment import rand_augment_transform
+
+            self._augment = rand_augment_transform(
+                config, {"translate_const": int(self.size * 0.45), "interpolation": Image.BICUBIC})
+
+    def __repr__(self) -> str:
+        return f"ReleaseFrameTransform(size={self.size}, train={self.train}, randaugment={self.config!r})"
+
+    def augment_clip(self, images: list, seed: int) -> list:
+        """Apply one RandAugment draw (``seed``) to every PIL image of a clip."""
+        import random
+
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            out = []
+            for img in images:
+                random.seed(seed)
+                np.random.seed(seed)
+                out.append(self._augment(img))
+            return out
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+    def __call__(self, frames) -> torch.Tensor:
+        from PIL import Image
+
+        x = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f"expected uint8 frames [F, H, W, 3], got {tuple(x.shape)} {x.dtype}")
+        images = [Image.fromarray(f) for f in x]
+        if self._augment is not None:
+            images = self.augment_clip(images, int(torch.randint(0, 2**31 - 1, ())))
+        return torch.stack([self._post(img) for img in images]).contiguous()
+
+
 def iter_video_files(root, exts: Iterable[str] = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg",
                                                   ".mpeg", ".wmv", ".flv", ".3gp", ".3g2", ".mts",
                                                   ".m2ts", ".ogv")) -> Iterator[Path]:

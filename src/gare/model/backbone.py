@@ -16,6 +16,7 @@ from typing import Any
 import open_clip
 import torch
 from open_clip.model import CLIP
+from open_clip.transformer import LayerNormFp32
 from torch import Tensor, nn
 
 from .weights import load_state_dict_strict
@@ -147,7 +148,7 @@ class ClipBackbone(nn.Module):
         L = ids.shape[1]
         if L > self.context_length:
             raise ValueError(f"token length {L} exceeds the context length {self.context_length}")
-        x = c.token_embedding(ids)
+        x = c.token_embedding(ids).to(self.weight_dtype)
         x = x + c.positional_embedding[:L].to(x.dtype)
         x = c.transformer(x, attn_mask=c.attn_mask[:L, :L].to(x.dtype))
         x = c.ln_final(x)
@@ -179,16 +180,61 @@ class ClipBackbone(nn.Module):
             if empty:
                 raise ValueError(f"videos {empty[:10]} have no valid frame in their mask")
         flat = frames.reshape(N * Fr, *frames.shape[2:])
+        if self.fp16:
+            flat = flat.to(self.weight_dtype)
         if mask is None:
-            emb = self.clip.visual(flat)
+            emb = self._visual(flat)
             return emb.reshape(N, Fr, -1)
         keep = mask.reshape(-1).bool()
         out = flat.new_zeros(N * Fr, self.embed_dim)
         if keep.any():
-            emb = self.clip.visual(flat[keep])
+            emb = self._visual(flat[keep])
             out = out.to(emb.dtype)
             out[keep] = emb
         return out.reshape(N, Fr, -1)
+
+    def _visual(self, x: Tensor) -> Tensor:
+        emb = self.clip.visual(x)
+        return emb.float() if self.fp16 else emb
+
+    # -- the release's fp16 weights -----------------------------------------------------------------
+    @property
+    def fp16(self) -> bool:
+        return self.clip.visual.conv1.weight.dtype == torch.float16
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        return self.clip.visual.conv1.weight.dtype
+
+    def to_release_fp16(self) -> None:
+        """Store the towers as the official release does on CUDA: Linear/Conv weights and biases, attention
+        in-projections and the text/visual projection matrices in fp16 (no fp32 master copy); LayerNorms
+        compute in fp32; embeddings, class/positional embeddings and logit_scale stay fp32. Inputs are cast
+        to fp16 on the way in and the embeddings come back as fp32."""
+        def convert(m: nn.Module) -> None:
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+                m.weight.data = m.weight.data.half()
+                if m.bias is not None:
+                    m.bias.data = m.bias.data.half()
+            if isinstance(m, nn.MultiheadAttention):
+                for attr in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias",
+                             "bias_k", "bias_v"):
+                    t = getattr(m, attr, None)
+                    if t is not None:
+                        t.data = t.data.half()
+            for attr in ("text_projection", "proj"):
+                t = getattr(m, attr, None)
+                if isinstance(t, nn.Parameter):
+                    t.data = t.data.half()
+            if isinstance(m, nn.LayerNorm) and not isinstance(m, LayerNormFp32):
+                m.__class__ = LayerNormFp32  # same parameters; computes in fp32 and casts back
+
+        self.clip.apply(convert)
+
+    def freeze_patch_embedding(self) -> None:
+        """The release trains every CLIP weight except the patch-embedding convolution (visual.conv1)."""
+        for p in self.clip.visual.conv1.parameters():
+            p.requires_grad_(False)
 
     def load_clip_weights(self, sd: dict[str, Tensor], source: str) -> None:
         load_state_dict_strict(self.clip, sd, source=source, allow_missing=("logit_bias",))

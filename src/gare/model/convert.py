@@ -28,11 +28,29 @@ def is_official_gare(sd: dict[str, Any]) -> bool:
     return any(k.startswith("clip.") for k in sd) and any(k.startswith("agent.psi.") for k in sd)
 
 
-def official_to_project(sd: dict[str, Tensor], *, log_sigma_head: bool) -> tuple[dict[str, Tensor], list[str]]:
-    """Rename official keys to this project's; returns (state dict, ignored keys)."""
+#: Datasets the release was trained on; MSVD skips the temporal module (its weights are stored, never used).
+OFFICIAL_DATASETS = ("msrvtt", "didemo", "activitynet", "msvd")
+#: The pooling temperature cannot be read off the weights: the release's MSR-VTT script (train_msrvtt.sh) uses 3.
+OFFICIAL_POOL_TEMPERATURE = 3.0
+
+
+def check_dataset(dataset: str | None) -> str | None:
+    if dataset is not None and dataset not in OFFICIAL_DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r} for an official GARE checkpoint; use one of "
+                         f"{', '.join(OFFICIAL_DATASETS)}")
+    return dataset
+
+
+def official_to_project(sd: dict[str, Tensor], *, log_sigma_head: bool,
+                        temporal: bool = True) -> tuple[dict[str, Tensor], list[str]]:
+    """Rename official keys to this project's; returns (state dict, ignored keys). ``temporal=False``
+    (MSVD): the temporal-module weights are ignored, as the release never uses them for MSVD."""
     out: dict[str, Tensor] = {}
     ignored: list[str] = []
     for k, v in sd.items():
+        if not temporal and (k == "frame_position_embeddings.weight" or k.startswith("transformerClip.")):
+            ignored.append(k)
+            continue
         if k.startswith("clip."):
             name = k[5:]
             if name in OPENAI_EXTRA_KEYS:
@@ -57,30 +75,39 @@ def official_to_project(sd: dict[str, Tensor], *, log_sigma_head: bool) -> tuple
     return out, ignored
 
 
-def official_model_config(sd: dict[str, Tensor], overrides: dict[str, Any] | None = None) -> ModelConfig:
+def official_model_config(sd: dict[str, Tensor], overrides: dict[str, Any] | None = None, *,
+                          dataset: str | None = None, compat: str = "release") -> ModelConfig:
+    """The model configuration of an official checkpoint. ``dataset="msvd"``: no temporal module (the release
+    skips it for MSVD); other datasets (or None): the temporal module its weights describe. ``compat``: the mode
+    the model scores in ("release" by default: the checkpoint was trained that way)."""
     clip_sd = {k[5:]: v for k, v in sd.items() if k.startswith("clip.")}
     arch_cfg = infer_openai_arch(clip_sd)
     named = (overrides or {}).get("backbone.arch")
     if named:  # head counts cannot be read off the weights: take them from the named architecture
         arch_cfg = _merge_heads(arch_config(named), arch_cfg)
     tlayers = len({k.split(".")[2] for k in sd if k.startswith("transformerClip.resblocks.")})
+    if check_dataset(dataset) == "msvd":
+        tlayers = 0
     players = len({k.split(".")[3] for k in sd if re.match(r"^agent\.psi\.layers\.\d+\.cross_attn\.", k)})
     d = {
         "backbone": {"arch": "ViT-B-32", "arch_cfg": arch_cfg, "quick_gelu": True},
         "temporal": {"kind": "seqTransf" if tlayers else "meanP", "layers": max(tlayers, 1), "init_from_text": False},
-        "scorer": {"use_delta": True, "pooling": "text", "pool_temperature": 3.0,
+        "scorer": {"use_delta": True, "pooling": "text", "pool_temperature": OFFICIAL_POOL_TEMPERATURE,
                    "psi": {"layers": max(players, 1)}},
+        "compat": compat,
     }
     return merge_overrides(d, overrides, ModelConfig, prefix="model")
 
 
-def load_official_gare(sd: dict[str, Tensor], *, source: str, overrides: dict[str, Any] | None = None):
+def load_official_gare(sd: dict[str, Tensor], *, source: str, overrides: dict[str, Any] | None = None,
+                       dataset: str | None = None, compat: str = "release"):
     """Build a :class:`GareModel` from an official GARE state dict (strict: every problem is named)."""
     from .gare import GareModel
 
-    cfg = official_model_config(sd, overrides)
+    cfg = official_model_config(sd, overrides, dataset=dataset, compat=compat)
     model = GareModel(cfg)
-    mapped, ignored = official_to_project(sd, log_sigma_head=cfg.scorer.psi.log_sigma_head)
+    mapped, ignored = official_to_project(sd, log_sigma_head=cfg.scorer.psi.log_sigma_head,
+                                          temporal=cfg.temporal.kind != "meanP")
     if ignored:
         names = sorted({re.sub(r"\.(weight|bias)$", ".*", k) for k in ignored if not k.startswith("psi.")})
         if any(k.startswith("psi.") for k in ignored):
@@ -99,17 +126,26 @@ def load_official_gare(sd: dict[str, Tensor], *, source: str, overrides: dict[st
     return model
 
 
+_TO_OFFICIAL = (("backbone.clip.", "clip."), ("temporal.frame_position_embeddings.", "frame_position_embeddings."),
+                ("temporal.transformer.", "transformerClip."), ("scorer.psi.", "agent.psi."))
+
+
+def official_name(name: str) -> str:
+    """The official release's name of one of this project's parameters (unchanged when it has none)."""
+    for ours, theirs in _TO_OFFICIAL:
+        if name.startswith(ours):
+            return theirs + name[len(ours):]
+    return name
+
+
 def project_to_official(model) -> dict[str, Tensor]:
     """The inverse mapping (used by the tests and to export): project model -> official key layout."""
     out: dict[str, Tensor] = {}
     for k, v in model.state_dict().items():
-        if k.startswith("backbone.clip."):
-            out["clip." + k[len("backbone.clip."):]] = v
-        elif k == "temporal.frame_position_embeddings.weight":
-            out["frame_position_embeddings.weight"] = v
-        elif k.startswith("temporal.transformer."):
-            out["transformerClip." + k[len("temporal.transformer."):]] = v
-        elif k.startswith("scorer.psi."):
-            out["agent.psi." + k[len("scorer.psi."):]] = v
+        off = official_name(k)
+        if off == k:
+            continue
+        out[off] = v
+        if k.startswith("scorer.psi."):
             out["psi." + k[len("scorer.psi."):]] = v
     return out

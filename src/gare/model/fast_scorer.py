@@ -133,6 +133,8 @@ def supports(scorer: PairScorer) -> bool:
     ``mean_proj``, all ``D x D`` / ``[D]``); False for unknown option values or another psi.
     """
     cfg = scorer.cfg
+    if getattr(scorer, "release_padding", False):
+        return False  # compat: release attends to padded slots; the reference scores it
     if cfg.pooling not in ("text", "mean") or cfg.query not in ("gap", "text"):
         return False
     if cfg.context not in ("frames", "words") or cfg.side not in ("text", "video"):

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..config import Config, ModelConfig, merge_overrides, validate
 from .backbone import ClipBackbone, make_backbone
-from .scorer import PairScorer, ScoreOutput, check_inputs, masked_mean
+from .scorer import PairScorer, ScoreOutput, check_inputs
 from .temporal import build_temporal
 from .weights import CheckpointError, load_state_dict_strict
 
@@ -57,7 +57,7 @@ class GareModel(nn.Module):
                 self.temporal.init_from_text(backbone.clip)
             except ValueError as e:
                 log.warning("temporal module left randomly initialized: %s", e)
-        self.scorer = PairScorer(cfg.scorer, D)
+        self.scorer = PairScorer(cfg.scorer, D, release_padding=cfg.compat == "release")
         if b.grad_checkpointing:
             backbone.set_grad_checkpointing(True)
 
@@ -98,9 +98,24 @@ class GareModel(nn.Module):
             ids = self.tokenize(list(texts))
         return self.backbone.encode_text(ids, return_words=return_words)
 
+    @property
+    def release_padding(self) -> bool:
+        """``compat: release``: padded slots are encoded as zero images, attended to and averaged into vbar."""
+        return self.cfg.compat == "release"
+
     def encode_frames(self, frames: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Per-frame CLIP embeddings before the temporal module ``[N, F, D]``."""
-        return self.backbone.encode_frames(frames.to(self.device), None if mask is None else mask.to(self.device))
+        """Per-frame CLIP embeddings before the temporal module ``[N, F, D]``.
+
+        Default: padded frames are not encoded (zeros). Release mode: padded slots are zero tensors (after
+        normalization, as the release's loader pads) and are encoded like any frame.
+        """
+        frames = frames.to(self.device)
+        mask = None if mask is None else mask.to(self.device)
+        if self.release_padding:
+            if mask is not None:
+                frames = frames * mask.to(frames.dtype)[:, :, None, None, None]
+            return self.backbone.encode_frames(frames, None)
+        return self.backbone.encode_frames(frames, mask)
 
     def temporal_forward(self, f: Tensor, mask: Tensor | None = None) -> Tensor:
         if self.temporal is None:
@@ -134,7 +149,7 @@ class GareModel(nn.Module):
             t, words, word_mask = self.backbone.encode_text(ids, return_words=True)
         else:
             t = self.backbone.encode_text(ids)
-        f = frame_features if frame_features is not None else self.backbone.encode_frames(frames, mask)
+        f = frame_features if frame_features is not None else self.encode_frames(frames, mask)
         f = self.temporal_forward(f, mask)
         if gather is not None:
             t, f = gather(t), gather(f)
@@ -187,8 +202,9 @@ class GareModel(nn.Module):
             self.train(was_training)
 
     def mean_video(self, v: Tensor, video_mask: Tensor | None = None) -> Tensor:
-        """``vbar [N, D]``: mean of the temporal outputs over valid frames (the first-stage embedding)."""
-        return masked_mean(v, video_mask)
+        """``vbar [N, D]``: mean of the temporal outputs over valid frames (the first-stage embedding; release
+        mode: over every slot, as the release averages)."""
+        return self.scorer.mean_frames(v, video_mask)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def config_dict(self) -> dict:
@@ -254,14 +270,24 @@ def _torch_state(path: Path) -> dict[str, Tensor] | None:
     return {k[7:] if k.startswith("module.") else k: v for k, v in sd.items() if isinstance(v, Tensor)}
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", **overrides: Any) -> GareModel:
+def load_model(path: str | Path, device: str | torch.device = "cpu", *, compat: str | None = None,
+               dataset: str | None = None, **overrides: Any) -> GareModel:
     """Load a model from a local file.
 
     (a) a project checkpoint (``.safetensors`` with its config, or a run directory holding ``best.safetensors``),
     (b) an OpenAI CLIP ``.pt`` (TorchScript or state dict; GARE head freshly initialized),
     (c) a state dict saved by the official GARE release (detected by its ``clip.*``/``agent.psi.*`` keys).
     ``overrides`` change model options (``pool_temperature=3``, ``scorer__psi__heads=2``, ``arch="ViT-B-16"``).
+
+    ``compat``: ``"release"`` scores as the official release (padded frame slots encoded, attended to and
+    averaged into vbar), ``"none"`` masks padding; ``None`` keeps the checkpoint's recorded mode, which is
+    ``"release"`` for official-layout state dicts (they were trained that way). ``dataset`` (official
+    checkpoints only): ``"msvd"`` builds no temporal module, as the release does for MSVD.
     """
+    if compat is not None and compat not in ("none", "release"):
+        raise ValueError(f"compat must be 'none' or 'release', got {compat!r}")
+    if compat is not None:
+        overrides = {**overrides, "compat": compat}
     path = Path(path)
     if path.is_dir():
         for name in ("best.safetensors", "model.safetensors", "last.safetensors"):
@@ -282,11 +308,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", **overrides
         model = GareModel(cfg)
         load_state_dict_strict(model, tensors, source=str(path))
         return model.to(device).eval()
-    from .convert import is_official_gare, load_official_gare
+    from .convert import is_official_gare, load_official_gare  # convert imports this module
 
     sd = _torch_state(path)
     if sd is not None and is_official_gare(sd):
-        return load_official_gare(sd, source=str(path), overrides=ov).to(device).eval()
+        mode = ov.pop("compat", "release")
+        return load_official_gare(sd, source=str(path), overrides=ov, dataset=dataset,
+                                  compat=mode).to(device).eval()
+    if dataset is not None:
+        raise ValueError(f"dataset={dataset!r} applies to official GARE checkpoints only; {path} is not one")
     # OpenAI CLIP (TorchScript or state dict): fresh GARE head
     cfg = merge_overrides({"backbone": {"weights": str(path), "arch": ov.pop("backbone.arch", "ViT-B-32")}}, ov,
                           ModelConfig, prefix="model")

@@ -11,6 +11,11 @@ For texts ``t [B_t, D]`` and videos ``f [B_v, F, D]`` (temporal-module outputs, 
     side="video": the same q_ij (eta = +1 is the gap v - t on both sides, paper Table 7),
                   s_ij = cos(t_i, vhat_ij + Delta_ij)
 
+Release padding (``release_padding=True``, a model with ``compat: release``), as the official release computes
+it: vbar_j is the mean over ALL frame slots (padded ones included), psi attends to every slot (no mask), and the
+pooling softmax runs over all slots before its weights are multiplied by the mask (the same cosine as masking
+first). Without padded frames both treatments give the same scores.
+
 ``forward`` is the plain reference used in training (dropout active there) and in the tests;
 ``similarity`` computes ``[N_t, N_v]`` in blocks so memory stays bounded for any gallery size.
 """
@@ -87,10 +92,11 @@ def _pair_cosine(a: Tensor, b: Tensor) -> Tensor:
 
 
 class PairScorer(nn.Module):
-    def __init__(self, cfg: ScorerConfig, dim: int):
+    def __init__(self, cfg: ScorerConfig, dim: int, release_padding: bool = False):
         super().__init__()
         self.cfg = cfg
         self.dim = dim
+        self.release_padding = bool(release_padding)
         p = cfg.psi
         self.psi = (IncrementModule(dim, p.heads, p.layers, p.dropout, p.log_sigma_head, p.stochastic)
                     if cfg.use_delta else None)
@@ -99,13 +105,22 @@ class PairScorer(nn.Module):
     def pool(self, t: Tensor, f: Tensor, mask: Tensor | None) -> Tensor:
         """Pooled video per pair ``vhat [B_t, B_v, D]``."""
         if self.cfg.pooling == "mean":
-            vbar = masked_mean(f, mask)
+            vbar = self.mean_frames(f, mask)
             return vbar.unsqueeze(0).expand(t.shape[0], -1, -1)
         logits = torch.einsum("td,vfd->tvf", t, f) / self.cfg.pool_temperature
+        if self.release_padding:
+            w = logits.softmax(dim=-1)
+            if mask is not None:
+                w = w * mask.to(w.dtype)[None]
+            return torch.einsum("tvf,vfd->tvd", w, f)
         if mask is not None:
             logits = logits.masked_fill(~mask.bool()[None], float("-inf"))
         w = logits.softmax(dim=-1)
         return torch.einsum("tvf,vfd->tvd", w, f)
+
+    def mean_frames(self, f: Tensor, mask: Tensor | None) -> Tensor:
+        """vbar ``[B_v, D]``: mean over valid frames (release padding: over every slot)."""
+        return f.mean(dim=1) if self.release_padding else masked_mean(f, mask)
 
     def query(self, t: Tensor, vbar: Tensor) -> Tensor:
         eta = self.cfg.eta
@@ -121,10 +136,10 @@ class PairScorer(nn.Module):
         if self.psi is None:
             sim = _pair_cosine(t[:, None, :], vhat)  # [B_t, B_v]
             return ScoreOutput(sim=sim, t=t, vhat=vhat)
-        vbar = masked_mean(f, video_mask)
+        vbar = self.mean_frames(f, video_mask)
         q = self.query(t, vbar)
         if self.cfg.context == "frames":
-            delta, log_sigma = self.psi(q, f, video_mask, ctx_axis=1)
+            delta, log_sigma = self.psi(q, f, None if self.release_padding else video_mask, ctx_axis=1)
         else:
             if words is None:
                 raise ValueError("context='words' needs the word embeddings of the texts (encode_text(..., "

@@ -27,7 +27,8 @@ def save_training_checkpoint(run_dir: Path, model, optimizer, scheduler, *, step
     """``last.safetensors`` (weights + config) then ``last_state.pt`` (optimizer, schedule, position)."""
     run_dir = Path(run_dir)
     model.save(run_dir / "last.safetensors", extra_metadata={"run_config": json.dumps(run_config), "step": str(step)})
-    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch,
+    state = {"optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict() if scheduler is not None else None, "step": step, "epoch": epoch,
              "batch_in_epoch": batch_in_epoch, "best": best, "scaler": scaler.state_dict() if scaler else None}
     atomic_torch_save(state, run_dir / "last_state.pt")
 

@@ -71,6 +71,24 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
 
 
+class _GatherLocalGrad(_GatherWithGrad):
+    """The official release's gather: the backward returns this rank's slice of its own gradient, without
+    summing over ranks. After DDP's averaging, what sits below the gather (CLIP towers, temporal module)
+    receives 1/W of the exact gradient of the global-batch loss (W ranks); what sits above (psi,
+    logit_scale) the exact one."""
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n].contiguous()
+
+
+def all_gather_local_grad(x: Tensor) -> Tensor:
+    """``all_gather_with_grad`` with the release's backward (local slice only; ``release.gather_grad``)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    return _GatherLocalGrad.apply(x)
+
+
 def all_gather_with_grad(x: Tensor) -> Tensor:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x

@@ -18,13 +18,13 @@ import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..config import Config, ConfigError, config_to_dict
+from ..config import Config, ConfigError, config_to_dict, resolve_compat
 from ..model.gare import GareModel
 from ..objectives import gare_loss
 from . import distributed as dist_utils
 from .checkpoint import load_training_state, save_training_checkpoint
 from .data import EpochSampler, SeededItems, make_loader, resolve_data, train_pairs
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, current_lr
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def step_seed(seed: int, step: int) -> int:
 
 class Trainer:
     def __init__(self, cfg: Config, *, show_progress: bool = True):
-        self.cfg = cfg
+        self.cfg = cfg = resolve_compat(cfg)
         self.device = resolve_device(cfg.train.device)
         self.dist = dist_utils.init_distributed(self.device.type)
         if self.device.type == "cuda" and self.dist.enabled:
@@ -73,15 +73,21 @@ class Trainer:
         dist_utils.barrier()
 
         self.model = GareModel(cfg.model).to(self.device)
+        rel = cfg.release
+        if rel.freeze_conv1:
+            self.model.backbone.freeze_patch_embedding()
+        # the release stores CLIP's weights in fp16 when CUDA is available (no autocast, no loss scaling)
+        self.fp16_weights = rel.fp16_weights_anywhere or (rel.fp16_weights and self.device.type == "cuda")
+        if self.fp16_weights:
+            self.model.backbone.to_release_fp16()
         if tc.freeze_backbone or tc.features:
             for p in self.model.backbone.parameters():
                 p.requires_grad_(False)
         self.loss_cfg = cfg.loss
-        self.amp_dtype = autocast_dtype(tc.precision, self.device)
+        self.amp_dtype = None if self.fp16_weights else autocast_dtype(tc.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self._setup_data()
-        self.optimizer = build_optimizer(self.model, tc)
-        self.scheduler = build_scheduler(self.optimizer, self.total_steps, tc.warmup_ratio)
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.schedule_steps)
         self.ddp = (DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
                     if self.dist.enabled and any(p.requires_grad for p in self.model.parameters()) else None)
         self.step = 0
@@ -111,12 +117,20 @@ class Trainer:
             from .features import FeaturePairDataset, feature_collate, load_features
 
             self.features = load_features(tc.features, self.model, cfg)
+            if cfg.model.compat == "release":
+                log.warning("release.padded_frames with cached features: padded slots are zero vectors here, not "
+                            "the CLIP encoding of a zero image as in the release (train end to end for that)")
             ds = FeaturePairDataset(self.features, train_split, pairs)
             self.collate = feature_collate
         else:
             self.features = None
-            ds = TrainPairDataset(train_split, transform=FrameTransform(size, train=cfg.data.augment),
-                                  pairs=pairs, **self.video_kwargs)
+            if cfg.release.augment and cfg.data.augment:
+                from ..data.video import ReleaseFrameTransform
+
+                transform = ReleaseFrameTransform(size, train=True)
+            else:
+                transform = FrameTransform(size, train=cfg.data.augment)
+            ds = TrainPairDataset(train_split, transform=transform, pairs=pairs, **self.video_kwargs)
         self.train_ds = SeededItems(ds, tc.seed)
         self.sampler = EpochSampler(len(ds), tc.batch_size, tc.seed, self.dist.rank, self.dist.world_size)
         per_epoch = self.sampler.batches_per_epoch()
@@ -124,6 +138,9 @@ class Trainer:
             raise ConfigError(f"train.batch_size={tc.batch_size} exceeds the {len(ds)} training pairs")
         self.steps_per_epoch = per_epoch
         self.total_steps = tc.max_steps if tc.max_steps else max(1, int(math.ceil(tc.epochs * per_epoch)))
+        # the release's schedule length is the steps of 5 epochs, whatever the epoch count
+        self.schedule_steps = (max(1, int(math.ceil(cfg.release.schedule_epochs * per_epoch)))
+                               if cfg.release.optimizer else self.total_steps)
         self.eval_transform = FrameTransform(size, train=False)
         self.video_ds = {s: VideoDataset(self.data.splits[s], transform=self.eval_transform, **self.video_kwargs)
                          for s in ("val", "test")}
@@ -141,7 +158,8 @@ class Trainer:
         tensors, _ = read_checkpoint(self.run_dir / "last.safetensors")
         load_state_dict_strict(self.model, tensors, source=str(self.run_dir / "last.safetensors"))
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
@@ -170,6 +188,7 @@ class Trainer:
         d = config_to_dict(self.cfg)
         d["_run"] = {"world_size": self.dist.world_size, "device": str(self.device), "decoder": self.cfg.data.decoder,
                      "framerate": self.cfg.data.framerate, "total_steps": self.total_steps,
+                     "schedule_steps": self.schedule_steps, "fp16_weights": self.fp16_weights,
                      "steps_per_epoch": self.steps_per_epoch, "torch": str(torch.__version__),
                      "amp": str(self.amp_dtype), "corrupted_captions": len(self.corrupted)}
         with open(self.run_dir / "config.yaml", "w") as fh:
@@ -178,7 +197,10 @@ class Trainer:
     # -- one step -------------------------------------------------------------------------------------
     def _forward_loss(self, batch: dict):
         module = self.ddp if self.ddp is not None else self.model
-        gather = dist_utils.all_gather_with_grad if self.dist.enabled else None
+        gather = None
+        if self.dist.enabled:
+            gather = (dist_utils.all_gather_local_grad if self.cfg.release.gather_grad
+                      else dist_utils.all_gather_with_grad)
         gnog = dist_utils.all_gather_nograd if self.dist.enabled else None
         mask = batch["mask"].to(self.device)
         kw = dict(mask=mask, gather=gather, gather_nograd=gnog)
@@ -227,11 +249,13 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.scheduler.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
         with torch.no_grad():
             self.model.logit_scale.clamp_(max=math.log(tc.logit_scale_max))
         dt = time.perf_counter() - t0
-        rec = {"kind": "train", "step": self.step, "epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
+        rec = {"kind": "train", "step": self.step, "epoch": self.epoch,
+               "lr": current_lr(self.optimizer.param_groups[0]),
                "lr_new": self._lr_of("new"), "lr_clip": self._lr_of("clip"), "loss": float(total.detach()),
                **{k: float(v) for k, v in terms.items()}, "grad_norm": float(gnorm),
                "logit_scale": float(self.model.logit_scale.detach().exp()),
@@ -242,7 +266,7 @@ class Trainer:
     def _lr_of(self, prefix: str) -> float | None:
         for g in self.optimizer.param_groups:
             if g.get("name", "").startswith(prefix):
-                return g["lr"]
+                return current_lr(g)
         return None
 
     def _diagnostics(self, batch, out, vid) -> dict:
