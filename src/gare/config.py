@@ -352,6 +352,7 @@ def merge_overrides(data: dict, overrides: list[str] | Mapping[str, Any] | None 
     obj = _coerce(merged, cls, prefix)
     if cls is Config:
         validate(obj)
+        resolve_compat(obj)
     return obj
 
 
