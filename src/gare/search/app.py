@@ -7,7 +7,8 @@ Routes::
     GET /api/search?q=...&k=N  {"query", "k", "took_ms", "results": [{rank, id, name, score, first_stage,
                                duration, thumb, video}]}; 400 {"error": "..."} for a bad query or k
     GET /api/info              index size, model and settings
-    GET /video/<id>            the indexed file with that id (HTTP range requests supported)
+    GET /video/<id>            the indexed file with that id (HTTP range requests: 206; a malformed Range
+                               header answers 400, one outside the file 416)
     GET /thumb/<id>            its thumbnail strip (JPEG)
 
 Files are addressed only by their numeric id in the index, so nothing outside the index can be read.
@@ -35,7 +36,9 @@ log = logging.getLogger(__name__)
 STATIC_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
                 "style.css": "text/css; charset=utf-8"}
 DEFAULT_K = 12
+MAX_RANGES = 16  # byte ranges accepted in one request (a player asks for one)
 _ID = re.compile(r"[0-9]{1,18}")
+_BYTE_RANGE = re.compile(r"([0-9]*)-([0-9]*)")
 _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -48,6 +51,37 @@ _SECURITY_HEADERS = {
 def _load_static() -> dict[str, bytes]:
     root = resources.files("gare.search") / "static"
     return {name: (root / name).read_bytes() for name in STATIC_FILES}
+
+
+def check_range(header: str, size: int) -> tuple[int, str] | None:
+    """Validate a ``Range`` request header against a file of ``size`` bytes (RFC 9110 section 14).
+
+    Returns None when every range overlaps the file (it is then served with 206), else ``(status, message)``:
+    400 for a malformed header, another unit than bytes, a range that ends before it starts, or more than
+    :data:`MAX_RANGES` ranges; 416 when a range lies outside the file (as Starlette's FileResponse decides:
+    stricter than RFC 9110, which would serve the satisfiable ones).
+    """
+    unit, sep, spec = header.partition("=")
+    if not sep or unit.strip().lower() != "bytes":
+        return 400, "malformed Range header: expected bytes=FIRST-LAST"
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if not parts:
+        return 400, "malformed Range header: no range given"
+    if len(parts) > MAX_RANGES:
+        return 400, f"too many ranges in the Range header ({len(parts)}, at most {MAX_RANGES})"
+    for part in parts:
+        m = _BYTE_RANGE.fullmatch(part)
+        if m is None or not (m[1] or m[2]):
+            return 400, "malformed Range header: expected bytes=FIRST-LAST"
+        # more than 18 digits is beyond any file: treat as infinite (int() of huge strings is refused anyway)
+        first = int(m[1]) if m[1] and len(m[1]) <= 18 else (None if not m[1] else size + 1)
+        last = int(m[2]) if m[2] and len(m[2]) <= 18 else (None if not m[2] else size + 1)
+        if first is not None and last is not None and last < first:
+            return 400, "malformed Range header: a range ends before it starts"
+        inside = (last > 0 and size > 0) if first is None else first < size  # first None: the last N bytes
+        if not inside:
+            return 416, "range not satisfiable"
+    return None
 
 
 def create_app(engine: SearchEngine) -> FastAPI:
@@ -114,12 +148,19 @@ def create_app(engine: SearchEngine) -> FastAPI:
                              "results": results})
 
     @app.get("/video/{vid}")
-    def video(vid: str) -> Response:
+    def video(vid: str, request: Request) -> Response:
         if not _ID.fullmatch(vid):
             return not_found()
         path = engine.video_file(int(vid))
         if path is None or not path.is_file():
             return not_found()
+        rng = request.headers.get("range")
+        if rng is not None:
+            size = path.stat().st_size
+            bad = check_range(rng, size)
+            if bad is not None:
+                headers = {"Content-Range": f"bytes */{size}"} if bad[0] == 416 else None
+                return JSONResponse({"error": bad[1]}, status_code=bad[0], headers=headers)
         media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return FileResponse(path, media_type=media)
 
