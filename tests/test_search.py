@@ -435,3 +435,42 @@ def test_index_written_before_the_decoder_rename_still_opens_and_resumes(built_i
     assert (rep.added, rep.unchanged) == (0, 20)
     with pytest.raises(IndexMismatchError, match="decoder: index has 'pyav', asked for 'opencv'"):
         build_index(shapes20, tiny_ckpt, old, decoder="opencv")
+
+
+def test_symlinks_out_of_the_folder_are_not_followed_unless_asked(shapes20, tiny_ckpt, tmp_path):
+    """Default: a link (file or folder) leading out of the indexed folder is listed and skipped, a link inside
+    it is indexed, and a link retargeted out of the folder after indexing is not served. --follow-symlinks
+    indexes linked files and folders, and a link cycle ends."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copy(shapes20 / "synth_00000.mp4", outside / "secret.mp4")
+    (outside / "sub").mkdir()
+    shutil.copy(shapes20 / "synth_00001.mp4", outside / "sub" / "deep.mp4")
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for name in ("synth_00002.mp4", "synth_00003.mp4"):
+        shutil.copy(shapes20 / name, folder / name)
+    (folder / "out.mp4").symlink_to(outside / "secret.mp4")
+    (folder / "linked_dir").symlink_to(outside / "sub", target_is_directory=True)
+    (folder / "in.mp4").symlink_to(folder / "synth_00002.mp4")
+    (folder / "loop").symlink_to(folder, target_is_directory=True)
+
+    out = tmp_path / "index"
+    rep = build_index(folder, tiny_ckpt, out, workers=1)
+    assert _db_paths(out) == {"synth_00002.mp4", "synth_00003.mp4", "in.mp4"}
+    assert rep.outside == ["out.mp4"] and "--follow-symlinks" in rep.summary()
+    eng = SearchEngine.open(out)
+    ids = _ids_by_path(out)
+    assert eng.video_file(ids["in.mp4"]) == folder / "in.mp4"
+    (folder / "in.mp4").unlink()
+    (folder / "in.mp4").symlink_to(outside / "secret.mp4")  # retargeted after indexing
+    assert eng.video_file(ids["in.mp4"]) is None and eng.video_file(ids["synth_00003.mp4"]) is not None
+
+    out2 = tmp_path / "index-follow"
+    rep = build_index(folder, tiny_ckpt, out2, workers=1, follow_symlinks=True)
+    paths = _db_paths(out2)
+    # each real folder is walked once: the cycle through loop/ adds nothing
+    assert paths == {"out.mp4", "in.mp4", "linked_dir/deep.mp4", "synth_00002.mp4", "synth_00003.mp4"}
+    assert rep.outside == []
+    eng = SearchEngine.open(out2)
+    assert eng.video_file(_ids_by_path(out2)["out.mp4"]) == folder / "out.mp4"

@@ -639,11 +639,19 @@ class ReleaseFrameTransform:
 
 def iter_video_files(root, exts: Iterable[str] = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg",
                                                   ".mpeg", ".wmv", ".flv", ".3gp", ".3g2", ".mts",
-                                                  ".m2ts", ".ogv")) -> Iterator[Path]:
-    """Video files under ``root`` (recursive), sorted."""
+                                                  ".m2ts", ".ogv"), *, followlinks: bool = False) -> Iterator[Path]:
+    """Video files under ``root`` (recursive), sorted. Symbolic links to files are listed; links to folders
+    are entered only with ``followlinks`` (each real folder once, so a link cycle ends)."""
     exts = {e.lower() for e in exts}
     out = []
-    for dirpath, _dirs, files in os.walk(root):
+    seen: set[str] = set()
+    for dirpath, dirs, files in os.walk(root, followlinks=followlinks):
+        if followlinks:
+            real = os.path.realpath(dirpath)
+            if real in seen:
+                dirs[:] = []
+                continue
+            seen.add(real)
         for name in files:
             if os.path.splitext(name)[1].lower() in exts:
                 out.append(Path(dirpath) / name)

@@ -28,7 +28,8 @@ def cmd_index(a) -> int:
     try:
         report = build_index(a.video_dir, a.model, a.out, update=a.update, framerate=a.framerate,
                              max_frames=a.max_frames, decoder=a.decoder, dtype=a.dtype, batch_size=a.batch_size,
-                             workers=a.workers, device=_device(a.device), progress=not a.no_progress)
+                             workers=a.workers, device=_device(a.device), follow_symlinks=a.follow_symlinks,
+                             progress=not a.no_progress)
     except ValueError as e:  # SearchIndexError, IndexMismatchError, bad options
         return _fail(str(e))
     if a.json:
@@ -104,6 +105,8 @@ def add_search_commands(sub) -> None:
     i.add_argument("--batch-size", type=int, default=16)
     i.add_argument("--workers", type=int, default=2, help="decoding threads")
     i.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    i.add_argument("--follow-symlinks", action="store_true",
+                   help="also index files that symbolic links lead to outside VIDEO_DIR (default: skip them)")
     i.add_argument("--no-progress", action="store_true", help="no progress bar")
     i.add_argument("--json", action="store_true", help="print the report as JSON")
     i.set_defaults(func=cmd_index)

@@ -68,6 +68,7 @@ class IndexReport:
     stale: list[str] = field(default_factory=list)  # changed since indexed, kept as indexed (use update)
     missing: list[str] = field(default_factory=list)  # indexed, no longer on disk, kept (use update)
     damaged: list[dict] = field(default_factory=list)  # {"path", "kind", "reason"}
+    outside: list[str] = field(default_factory=list)  # symbolic links out of the folder, not followed
     new_damaged: int = 0
     seconds: float = 0.0
 
@@ -81,6 +82,10 @@ class IndexReport:
         if self.stale:
             lines.append(f"{len(self.stale)} file(s) changed since they were indexed (run with --update to "
                          f"re-encode them): " + ", ".join(self.stale[:10]) + (" ..." if len(self.stale) > 10 else ""))
+        if self.outside:
+            lines.append(f"{len(self.outside)} symbolic link(s) lead out of the folder and were not indexed (run "
+                         "with --follow-symlinks to index them): " + ", ".join(self.outside[:10])
+                         + (" ..." if len(self.outside) > 10 else ""))
         if self.missing:
             lines.append(f"{len(self.missing)} indexed file(s) no longer exist (run with --update to drop them): "
                          + ", ".join(self.missing[:10]) + (" ..." if len(self.missing) > 10 else ""))
@@ -123,7 +128,7 @@ def build_index(video_dir: str | os.PathLike, model: str | os.PathLike, out: str
                 update: bool = False, framerate: float | None = None, max_frames: int | None = None,
                 decoder: str | None = None, dtype: str = "float32", batch_size: int = 16, workers: int = 2,
                 device: str = "cpu", flush_every: int = 256, thumb_frames: int = 6, thumb_height: int = 96,
-                progress: bool = False) -> IndexReport:
+                follow_symlinks: bool = False, progress: bool = False) -> IndexReport:
     """Index (or resume / update the index of) every video file under ``video_dir``.
 
     Args:
@@ -136,6 +141,9 @@ def build_index(video_dir: str | os.PathLike, model: str | os.PathLike, out: str
         dtype: storage type of the frame embeddings: "float32" (default; search scores equal the evaluation
             protocol's) or "float16" (half the size; rounding can reorder close scores).
         batch_size: videos per encoder call. workers: decoding threads. flush_every: videos per commit.
+        follow_symlinks: also index files that symbolic links lead to outside ``video_dir`` (and enter linked
+            folders). Off by default: a link out of the folder is listed in the report and skipped, and
+            ``gare serve`` refuses to serve a file whose real path has left the folder since indexing.
         progress: show a progress bar on stderr.
 
     Raises:
@@ -182,7 +190,11 @@ def build_index(video_dir: str | os.PathLike, model: str | os.PathLike, out: str
                         ("settings", json.dumps(asdict(settings))), ("created", time.strftime("%Y-%m-%dT%H:%M:%S")),
                     ])
             cleanup(con, out)
-            todo = _plan(con, out, root, iter_video_files(root), update, report)
+            with con:
+                con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('follow_symlinks', ?)",
+                            ("1" if follow_symlinks else "0",))
+            files = iter_video_files(root, followlinks=follow_symlinks)
+            todo = _plan(con, out, root, files, update, report, follow_symlinks=follow_symlinks)
             log.info("index %s: %d file(s) to encode, %d unchanged", out, len(todo), report.unchanged)
             if todo and gmodel is None:
                 gmodel = load_model(ckpt, device=device)  # same file (sha256 checked), so same dimensions
@@ -227,11 +239,15 @@ def _check_existing(meta: dict, out: Path, root: Path, model_id: str, samp: dict
 
 
 def _plan(con: sqlite3.Connection, out: Path, root: Path, files: Iterable[Path], update: bool,
-          report: IndexReport) -> list[tuple[Path, str]]:
+          report: IndexReport, *, follow_symlinks: bool) -> list[tuple[Path, str]]:
     """Compare the folder with the index; apply removals (``update``); return the files to encode."""
     on_disk: dict[str, tuple[Path, int, int]] = {}
     for p in files:
-        if _is_under(p.resolve(), out):
+        real = p.resolve()
+        if _is_under(real, out):
+            continue
+        if not follow_symlinks and not _is_under(real, root):
+            report.outside.append(p.relative_to(root).as_posix())
             continue
         try:
             st = p.stat()

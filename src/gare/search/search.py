@@ -125,6 +125,8 @@ class SearchEngine:
         self.index_dir = Path(index_dir)
         self.model = model
         self.root = Path(root)
+        self.real_root = self.root.resolve()
+        self.follow_symlinks = meta.get("follow_symlinks") == "1"  # indexed with --follow-symlinks
         self.records = records
         self.by_id = {r.id: r for r in records}
         self.ids = np.array([r.id for r in records], dtype=np.int64)
@@ -196,9 +198,17 @@ class SearchEngine:
                 "max_k": MAX_K, "max_query_chars": MAX_QUERY_CHARS}
 
     def video_file(self, vid: int) -> Path | None:
-        """The file of an indexed video (None for an unknown id)."""
+        """The file of an indexed video (None for an unknown id, and for a file whose real path lies outside
+        the indexed folder, e.g. a symbolic link changed since indexing, unless it was indexed with
+        ``follow_symlinks``)."""
         r = self.by_id.get(int(vid))
-        return None if r is None else self.root / r.rel_path
+        if r is None:
+            return None
+        path = self.root / r.rel_path
+        if not self.follow_symlinks and not path.resolve().is_relative_to(self.real_root):
+            log.warning("not serving video %d: %s leads out of the indexed folder %s", r.id, path, self.real_root)
+            return None
+        return path
 
     def thumb_file(self, vid: int) -> Path | None:
         if int(vid) not in self.by_id:
