@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,3 +155,83 @@ def test_changed_video_files_are_decoded_again(split, tmp_path):
     again = store.get("x")[0]
     np.testing.assert_array_equal(again, sample_frames(b.path, size=48, framerate=2.0, max_frames=6)[0])
     assert not np.array_equal(first, again)
+
+
+# ------------------------------------------------------------------------ keys: videos, generator, version
+def test_open_refuses_changed_video_files(split, tmp_path):
+    import os
+    import shutil
+
+    a, b = split.items[0], split.items[1]
+    work = tmp_path / "v.mp4"
+    shutil.copy(a.path, work)
+    items = [VideoItem("x", str(work), ["c"]), split.items[2]]
+    FrameStore.build(items, tmp_path / "s", workers=1, **SETTINGS)
+    FrameStore.open(tmp_path / "s", **SETTINGS)
+    shutil.copy(b.path, work)  # replaced: another size
+    with pytest.raises(StoreSettingsError) as e:
+        FrameStore.open(tmp_path / "s", **SETTINGS)
+    msg = str(e.value)
+    assert f"1 video file(s) changed since they were decoded, e.g. {work}" in msg
+    assert "FrameStore.build" in msg and f"rm -r {tmp_path / 's'}" in msg and "gare data cache" in msg
+    # touched only (same size, new mtime): also refused
+    shutil.copy(a.path, work)
+    FrameStore.build(items, tmp_path / "s", workers=1, **SETTINGS)  # decodes it again
+    FrameStore.open(tmp_path / "s", **SETTINGS)
+    st = os.stat(work)
+    os.utime(work, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(StoreSettingsError, match="changed since they were decoded"):
+        FrameStore.open(tmp_path / "s", **SETTINGS)
+    assert FrameStore.open(tmp_path / "s", check_videos=False, **SETTINGS).get("x")[0].shape == (6, 48, 48, 3)
+    # a store outlives its files: a video whose file is gone is not refused
+    work.unlink()
+    store = FrameStore.open(tmp_path / "s", **SETTINGS)
+    np.testing.assert_array_equal(store.get("x")[0], sample_frames(a.path, size=48, framerate=2.0, max_frames=6)[0])
+
+
+def test_refuses_regenerated_data_naming_the_manifest_difference(tmp_path):
+    from gare.data.synthetic import generate
+
+    opts = {"size": 32, "fps": 4, "duration": 1.0}
+    ann = generate(tmp_path / "d", n_videos=10, seed=0, workers=1, **opts)
+    sp = load_split("jsonl", "train", annotations=ann)
+    store = FrameStore.build(sp, tmp_path / "s", workers=1, **SETTINGS)
+    meta = json.loads((tmp_path / "s" / "meta.json").read_text())
+    assert meta["version"] == 2
+    assert meta["sources"] == {str(tmp_path / "d" / "videos"): {
+        "kind": "generated", "format_version": 2, "n_videos": 10, "seed": 0,
+        "options": json.loads((tmp_path / "d" / "manifest.json").read_text())["options"], "complete": True}}
+    first = store.get(sp.items[0].video_id)[0]
+    generate(tmp_path / "d", n_videos=10, seed=1, workers=1, **opts)  # same folder, another seed
+    sp1 = load_split("jsonl", "train", annotations=ann)
+    for call in (lambda: FrameStore.open(tmp_path / "s", **SETTINGS),
+                 lambda: FrameStore.build(sp1, tmp_path / "s", workers=1, **SETTINGS)):
+        with pytest.raises(StoreSettingsError) as e:
+            call()
+        assert "generated again with other settings (seed: 0 -> 1)" in str(e.value)
+        assert f"rm -r {tmp_path / 's'}" in str(e.value)
+    # a format change alone (the generator's FORMAT_VERSION) is named the same way
+    man = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    store = FrameStore.build(sp1, tmp_path / "s2", workers=1, **SETTINGS)
+    (tmp_path / "d" / "manifest.json").write_text(json.dumps(dict(man, format_version=3)))
+    with pytest.raises(StoreSettingsError, match=r"format_version: 2 -> 3"):
+        FrameStore.open(tmp_path / "s2", check_videos=False, **SETTINGS)
+    assert not np.array_equal(first, store.get(sp1.items[0].video_id)[0])
+
+
+def test_store_format_versions(split, tmp_path):
+    FrameStore.build(split.items[:2], tmp_path / "s", workers=1, **SETTINGS)
+    mpath = tmp_path / "s" / "meta.json"
+    meta = json.loads(mpath.read_text())
+    assert meta["version"] == 2 and list(meta["sources"]) == [str(Path(split.items[0].path).parent)]
+    # a store of version 1 (no generator manifests recorded) opens; building into it records them
+    old = {k: v for k, v in meta.items() if k != "sources"}
+    mpath.write_text(json.dumps(dict(old, version=1)))
+    FrameStore.open(tmp_path / "s", **SETTINGS)
+    FrameStore.build(split.items[:3], tmp_path / "s", workers=1, **SETTINGS)
+    again = json.loads(mpath.read_text())
+    assert again["version"] == 2 and again["sources"] == meta["sources"]
+    # a store from a newer gare is refused
+    mpath.write_text(json.dumps(dict(again, version=99)))
+    with pytest.raises(StoreSettingsError, match="format version 99, newer than this gare reads"):
+        FrameStore.open(tmp_path / "s", **SETTINGS)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from data_fixtures import counter_video, need_real, real_videos, write_mp4
-from gare.data.cache import FrameStore
+from gare.data.cache import FrameStore, StoreSettingsError
 from gare.data.commands import add_data_commands, compress_folder, compress_video, main
 from gare.data.report import TooManyBadInputs, read_report
 from gare.data.video import sample_frames
@@ -46,6 +46,11 @@ def test_module_main_synth_and_cache(tmp_path, capsys):
     assert out["failed"] == 0 and out["videos"] == sum(r["split"] == "train" for r in rows)
     store = FrameStore.open(tmp_path / "store", framerate=2, max_frames=8, size=32)
     assert all(r["id"] in store for r in rows if r["split"] == "train")
+    # a refusal names the command that rebuilds the store, with the settings asked for
+    with pytest.raises(StoreSettingsError) as e:
+        FrameStore.open(tmp_path / "store", framerate=2, max_frames=8, size=64)
+    assert (f"gare data cache --dataset jsonl --split train --annotations {ann} --out {tmp_path / 'store'} "
+            "--framerate 2 --max-frames 8 --size 64 --decoder pyav") in str(e.value)
 
 
 def test_compress_fps_size_and_content(tmp_path_factory, tmp_path):

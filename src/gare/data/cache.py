@@ -2,7 +2,8 @@
 
 Layout of a store folder::
 
-    meta.json       sampling settings (framerate, max_frames, size, decoder), video ids, segments
+    meta.json       store version, sampling settings (framerate, max_frames, size, decoder), the generator
+                    manifests of generated videos ("sources"), video ids, paths, segments and file stamps
     frames.u8       uint8 [N, F, size, size, 3], C order (np.memmap)
     mask.u8         uint8 [N, F] frame mask
     status.u8       uint8 [N]: 0 pending, 1 done, 2 failed
@@ -11,7 +12,18 @@ Layout of a store folder::
 Frames are resized so the short side is ``size`` and center-cropped to size x size with the same function
 (:func:`gare.data.video.resize_center_crop`) that direct decoding uses, so reading a store gives exactly
 the frames that decoding would. Builds are resumable: an interrupted build continues where it stopped, and
-a build with more videos extends the store. Opening a store with other sampling settings is refused.
+a build with more videos extends the store.
+
+A store keys on everything its frames depend on, and refuses (:class:`StoreSettingsError`, naming the
+difference and the command that rebuilds the store) when one of them differs:
+
+- the sampling settings: framerate, max_frames, size and decoder (``open`` and ``build``);
+- for generated videos, the generator's manifest (format version, seed, count, options) of their folder
+  (:func:`gare.data.fingerprint.generated_fingerprint`; ``open`` and ``build``);
+- each video file's identity, its size and modification time: ``open`` refuses a store whose videos
+  changed since they were decoded, ``build`` decodes those videos again (a video whose file is gone keeps
+  its frames: the store may outlive the files);
+- the store format version.
 """
 
 from __future__ import annotations
@@ -25,19 +37,23 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from ..io import atomic_write
+from .fingerprint import describe_difference, generated_fingerprint
 from .report import BadInputReport
 from .video import VideoDecodeError, sample_frames
 
 log = logging.getLogger(__name__)
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: meta.json records the generator manifests of generated videos ("sources")
 PENDING, DONE, FAILED = 0, 1, 2
 
 
 class StoreSettingsError(ValueError):
-    """A frame store was built with other sampling settings than the ones asked for."""
+    """A frame store does not match what it is asked for: other sampling settings, other generated data,
+    changed video files or another store format. The message names the difference and the rebuild command."""
 
 
 def _items_of(split_or_items) -> list:
@@ -65,8 +81,14 @@ class FrameStore:
 
     # ------------------------------------------------------------------------------------- opening
     @classmethod
-    def open(cls, path, *, framerate: float, max_frames: int, size: int, decoder: str | None = None) -> FrameStore:
-        """Open an existing store, refusing it when its sampling settings differ from the given ones."""
+    def open(cls, path, *, framerate: float, max_frames: int, size: int, decoder: str | None = None,
+             check_videos: bool = True) -> FrameStore:
+        """Open an existing store, refusing it (:class:`StoreSettingsError`) when it does not match.
+
+        Refused: other sampling settings (``decoder`` is checked when given), generated videos whose
+        generator manifest changed, and, with ``check_videos``, video files that changed (size or
+        modification time) since they were decoded. Videos whose files are gone are not checked.
+        """
         p = Path(path)
         mpath = p / "meta.json"
         if not mpath.exists():
@@ -76,13 +98,16 @@ class FrameStore:
         want = {"framerate": float(framerate), "max_frames": int(max_frames), "size": int(size)}
         if decoder is not None:
             want["decoder"] = decoder
-        _check_settings(p, meta["settings"], want)
+        _check_settings(p, meta, want)
+        _check_sources(p, meta, {d: generated_fingerprint(d) for d in meta.get("sources", {}) if Path(d).is_dir()})
+        if check_videos:
+            _check_stamps(p, meta)
         return cls(p, meta)
 
     @classmethod
     def build(cls, split_or_items, out_path, *, framerate: float, max_frames: int, size: int,
               decoder: str = "pyav", workers: int | None = None, report=None, progress: bool = False,
-              flush_every: int = 64) -> FrameStore:
+              flush_every: int = 64, command: str | None = None) -> FrameStore:
         """Decode the sampled frames of every video once into a store at ``out_path``.
 
         Args:
@@ -93,8 +118,13 @@ class FrameStore:
             workers: decoding processes (default: all cores; 1 decodes in this process).
             report: a :class:`~gare.data.report.BadInputReport` (or path) to record failed videos in.
             progress: show a tqdm progress bar.
+            command: the command that builds this store, without its sampling flags (``gare data cache
+                --dataset ... --out ...``): recorded, and named in refusals.
 
-        Videos that fail to decode are marked failed (with the reason in ``failures.jsonl`` and in the
+        Refused (:class:`StoreSettingsError`): an existing store with other sampling settings, or built
+        from generated videos whose generator manifest has changed since. Videos whose file, path or
+        segment changed are decoded again. Videos that fail to decode are marked failed (with the reason
+        in ``failures.jsonl`` and in the
         report) and the build continues; ``store.get`` raises :class:`VideoDecodeError` for them.
         """
         items = _items_of(split_or_items)
@@ -110,15 +140,25 @@ class FrameStore:
         settings = {"framerate": float(framerate), "max_frames": int(max_frames), "size": int(size),
                     "decoder": decoder}
         mpath = out / "meta.json"
+        sources = {}
+        for d in sorted({str(Path(it.path).parent) for it in items}):
+            fp = generated_fingerprint(d)
+            if fp is not None:
+                sources[d] = fp
         if mpath.exists():
             meta = _read_meta(mpath)
-            _check_settings(out, meta["settings"], settings)
+            _check_settings(out, meta, settings)
+            _check_sources(out, meta, sources)
             old_ids = list(meta["ids"])
         else:
-            meta = {"version": STORE_VERSION, "settings": settings, "ids": [], "paths": [], "segments": [],
-                    "stamps": []}
+            meta = {"version": STORE_VERSION, "settings": settings, "sources": {}, "ids": [], "paths": [],
+                    "segments": [], "stamps": []}
             old_ids = []
         meta.setdefault("stamps", [None] * len(old_ids))
+        meta["version"] = STORE_VERSION  # a version-1 store gains its sources below (its stamps are checked)
+        meta.setdefault("sources", {}).update(sources)
+        if command is not None:
+            meta["command"] = command
         known = {v: i for i, v in enumerate(old_ids)}
         new = [it for it in items if it.video_id not in known]
         for it in new:
@@ -155,8 +195,6 @@ class FrameStore:
             tasks = [(i, meta["paths"][i], meta["segments"][i]) for i in todo]
             bar = None
             if progress:
-                from tqdm import tqdm
-
                 bar = tqdm(total=len(tasks), desc="frame store", unit="video")
             workers = workers or os.cpu_count() or 1
             done_since_flush = 0
@@ -255,14 +293,66 @@ class FrameStore:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def _check_settings(path: Path, have: dict, want: dict) -> None:
+_FLAGS = {"framerate": "--framerate", "max_frames": "--max-frames", "size": "--size", "decoder": "--decoder"}
+
+
+def rebuild_command(path: Path, meta: dict, settings: dict | None = None) -> str:
+    """How to rebuild the store at ``path``, with its recorded settings updated by ``settings``."""
+    st = {**meta.get("settings", {}), **(settings or {})}
+    flags = " ".join(f"{flag} {st[k]:g}" if k == "framerate" else f"{flag} {st[k]}"
+                     for k, flag in _FLAGS.items() if st.get(k) is not None)
+    base = meta.get("command") or ("gare data cache --dataset DATASET --split SPLIT --annotations ANNOTATIONS "
+                                   f"--videos VIDEOS --out {path}")
+    return (f"`rm -r {path}` then `{base} {flags}` (a run with data.frame_store=auto rebuilds it by itself "
+            "once it is removed)")
+
+
+def _check_settings(path: Path, meta: dict, want: dict) -> None:
+    version = meta.get("version", 1)
+    if version > STORE_VERSION:
+        raise StoreSettingsError(f"frame store {path} has format version {version}, newer than this gare "
+                                 f"reads ({STORE_VERSION}); upgrade gare, or rebuild it: {rebuild_command(path, meta)}")
+    have = meta["settings"]
     for k, v in want.items():
         h = have.get(k)
         same = (abs(float(h) - float(v)) < 1e-9) if k == "framerate" and h is not None else h == v
         if not same:
             raise StoreSettingsError(
-                f"frame store {path} was built with {k}={h!r} but {k}={v!r} was asked for; rebuild it "
-                f"(`gare data cache` with {k}={v}) into another folder or use matching settings")
+                f"frame store {path} was built with {k}={h!r} but {k}={v!r} was asked for; use matching "
+                f"settings, build into another folder, or rebuild it with the new ones: "
+                f"{rebuild_command(path, meta, want)}")
+
+
+def _check_sources(path: Path, meta: dict, now: dict[str, dict | None]) -> None:
+    """Refuse when a folder of generated videos the store was built from has another generator manifest."""
+    recorded = meta.get("sources", {})
+    for d, fp in now.items():
+        old = recorded.get(d)
+        if old is not None and old != fp:
+            what = describe_difference(old, fp) if fp is not None else "its generator manifest is gone"
+            raise StoreSettingsError(
+                f"frame store {path} was built from generated videos in {d} that have been generated again "
+                f"with other settings ({what}); its frames are stale. Rebuild it: {rebuild_command(path, meta)}")
+
+
+def _check_stamps(path: Path, meta: dict) -> None:
+    """Refuse when decoded videos' files changed (size or modification time); gone files are skipped."""
+    status = np.fromfile(path / "status.u8", dtype=np.uint8, count=len(meta["ids"]))
+    changed = []
+    for i, stamp in enumerate(meta.get("stamps", [])):
+        if stamp is None or status[i] == PENDING:
+            continue
+        now = _stamp(meta["paths"][i])
+        if now is not None and now != stamp:
+            changed.append(i)
+    if changed:
+        i = changed[0]
+        now = _stamp(meta["paths"][i])
+        raise StoreSettingsError(
+            f"frame store {path}: {len(changed)} video file(s) changed since they were decoded, e.g. "
+            f"{meta['paths'][i]} (size, mtime_ns {meta['stamps'][i]} -> {now}); its frames are stale. "
+            f"Decode them again by building it again (`gare data cache` with the same arguments, or "
+            f"FrameStore.build), or rebuild it from scratch: {rebuild_command(path, meta)}")
 
 
 def _stamp(path) -> list | None:
@@ -302,8 +392,6 @@ _W: dict = {}
 
 def _worker_init(out: str, n: int, settings: dict, pool_worker: bool = True):
     if pool_worker:
-        import torch
-
         torch.set_num_threads(1)  # one decoding process per core
     f, s = settings["max_frames"], settings["size"]
     _W["frames"] = np.memmap(Path(out) / "frames.u8", dtype=np.uint8, mode="r+", shape=(n, f, s, s, 3))

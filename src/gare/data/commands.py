@@ -12,6 +12,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -250,9 +251,14 @@ def cmd_cache(args) -> int:
     report = BadInputReport(out / "bad_inputs.jsonl", threshold=args.max_bad_fraction)
     split = load_split(args.dataset, args.split, annotations=args.annotations, videos=args.videos, report=report,
                        max_bad_fraction=args.max_bad_fraction, **_parse_options(args.option))
+    command = ["gare", "data", "cache", "--dataset", args.dataset, "--split", args.split, "--annotations",
+               str(args.annotations)] + (["--videos", str(args.videos)] if args.videos else []) + ["--out", str(out)]
+    for opt in args.option:
+        command += ["--option", opt]
     t0 = time.time()
     store = FrameStore.build(split, out, framerate=args.framerate, max_frames=args.max_frames, size=args.size,
-                             decoder=args.decoder, workers=args.workers, report=report, progress=True)
+                             decoder=args.decoder, workers=args.workers, report=report, progress=True,
+                             command=shlex.join(command))
     failed = sum(1 for it in split.items if it.video_id not in store)
     report.check(split.meta["listed_videos"], what=f"videos of {args.dataset}/{args.split}", kinds=VIDEO_KINDS)
     print(json.dumps({"store": str(out), "videos": len(split.items), "failed": failed,
