@@ -63,21 +63,19 @@ def encode_checkpoint_split(path: str, split: str):
     Read-only on the data: a generated (synthetic) dataset is read from its folder as it is (never
     regenerated here: that folder may be shared), videos are decoded directly (no frame store is built).
     """
-    from gare.config import Config, _coerce
+    from gare.config import merge_overrides
     from gare.data.datasets import load_split
     from gare.data.loader import VideoDataset, collate
     from gare.data.video import FrameTransform
     from gare.evaluate.protocol import encode_texts, encode_videos
-    from gare.evaluate.run import run_config_of
-    from gare.model.gare import load_model
+    from gare.model import load_model
+    from gare.model.checkpoint import resolve_checkpoint, run_config
 
-    ckpt = Path(path)
-    if ckpt.is_dir():
-        ckpt = ckpt / "best.safetensors"
-    d = run_config_of(ckpt)
+    ckpt = resolve_checkpoint(path)
+    d = run_config(ckpt)
     if d is None:
         raise SystemExit(f"{ckpt} carries no run config (train it with `gare train` / `gare demo`)")
-    cfg = _coerce(d, Config, "")
+    cfg = merge_overrides(d)
     model = load_model(ckpt).eval()
     if cfg.data.dataset == "synthetic":
         root = Path(cfg.data.videos or "data/shapes")

@@ -12,8 +12,8 @@ from torch import Tensor, nn
 import gare
 from gare.config import ConfigError
 from gare.model.backbone import TINY_CFG, infer_openai_arch
+from gare.model.checkpoint import read_checkpoint
 from gare.model.convert import project_to_official
-from gare.model.gare import read_checkpoint
 from gare.model.weights import CheckpointError
 
 TEXTS = ["a man is cooking pasta", "a dog runs on the beach", "two people dance"]

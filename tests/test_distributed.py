@@ -13,10 +13,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from gare import distributed as du
 from gare.config import BackboneConfig, LossConfig, ModelConfig
 from gare.model.gare import GareModel
 from gare.objectives import GareLossConfig, gare_loss
-from gare.train import distributed as du
 
 MICRO = {"embed_dim": 16, "vision_cfg": {"image_size": 16, "layers": 1, "width": 16, "patch_size": 8,
                                         "head_width": 8},

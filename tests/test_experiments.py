@@ -350,8 +350,7 @@ def test_geometry_corrected_equals_plain_when_delta_is_zero_and_moves_with_delta
 
 # ------------------------------------------------------------------------------------------ setup, diagnostics
 def test_exported_backbone_loads_as_weights_and_encodes_identically(tmp_path):
-    from gare.model import GareModel
-    from gare.model.gare import load_model
+    from gare.model import GareModel, load_model
 
     cfg = load_config(TINY, [MICRO_ARCH, "model.temporal.layers=1"])
     torch.manual_seed(5)

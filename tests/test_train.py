@@ -10,7 +10,7 @@ import torch
 
 from conftest import MICRO_ARCH
 from gare.config import ConfigError, load_config
-from gare.model.gare import read_checkpoint
+from gare.model.checkpoint import read_checkpoint
 from gare.train.optim import lr_factor
 
 

@@ -44,7 +44,7 @@ def cmd_demo(a) -> int:
 
 def cmd_convert(a) -> int:
     from .model.convert import OFFICIAL_POOL_TEMPERATURE
-    from .model.gare import load_model
+    from .model.factory import load_model
 
     overrides = dict(kv.split("=", 1) for kv in a.overrides)
     if a.pool_temperature is not None:

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Subset
 
+from ..distributed import all_gather_nograd
 from .metrics import t2v_v2t_metrics
 
 log = logging.getLogger(__name__)
@@ -43,8 +45,6 @@ def needs_words(model) -> bool:
 def encode_texts(model, texts: list[str], batch_size: int = 256, rank: int = 0, world: int = 1,
                  return_words: bool = False):
     """``[N, D]`` text embeddings (with ``return_words``: also ``[N, L, D]`` words and ``[N, L]`` masks)."""
-    from ..train.distributed import all_gather_nograd
-
     idx = _shard(len(texts), rank, world)
     out, words, masks = [], [], []
     for i in range(idx.start, idx.stop, batch_size):
@@ -69,10 +69,6 @@ def encode_texts(model, texts: list[str], batch_size: int = 256, rank: int = 0, 
 def encode_videos(model, video_ds, batch_size: int = 32, workers: int = 0, rank: int = 0, world: int = 1,
                   collate=None) -> tuple[Tensor, Tensor]:
     """Temporal-module outputs ``[N_v, F, D]`` and masks ``[N_v, F]`` of every item of ``video_ds``."""
-    from torch.utils.data import DataLoader, Subset
-
-    from ..train.distributed import all_gather_nograd
-
     idx = _shard(len(video_ds), rank, world)
     loader = DataLoader(Subset(video_ds, list(idx)), batch_size=batch_size, num_workers=workers, collate_fn=collate)
     vs, ms = [], []

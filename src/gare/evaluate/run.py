@@ -9,20 +9,10 @@ from pathlib import Path
 import torch
 
 from ..config import Config, ConfigError, load_config, merge_overrides
+from ..model.checkpoint import resolve_checkpoint, run_config
 from .protocol import EncodedSplit, encode_texts, encode_videos, evaluate_encoded, metrics_table, needs_words
 
 log = logging.getLogger(__name__)
-
-
-def run_config_of(checkpoint: Path):
-    from ..model.gare import read_checkpoint
-
-    _, meta = read_checkpoint(checkpoint)
-    if "run_config" not in meta:
-        return None
-    d = json.loads(meta["run_config"])
-    d.pop("_run", None)
-    return d
 
 
 def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", config: str | None = None,
@@ -30,19 +20,15 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", config: 
                         two_stage_k: int | None = None, out: str | Path | None = None, device: str = "auto") -> dict:
     from ..data.loader import VideoDataset, collate
     from ..data.video import FrameTransform
-    from ..model.gare import load_model
+    from ..model.factory import load_model
     from ..train.data import resolve_data
     from ..train.trainer import resolve_device
 
-    ckpt = Path(checkpoint)
-    if ckpt.is_dir():
-        ckpt = ckpt / "best.safetensors"
-    if not ckpt.exists():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
+    ckpt = resolve_checkpoint(checkpoint)
     if config:
         cfg = load_config(config, overrides)
     else:
-        d = run_config_of(ckpt)
+        d = run_config(ckpt)
         if d is None:
             raise ConfigError(f"{ckpt} carries no run config; pass --config RECIPE to say which data to evaluate on")
         cfg = merge_overrides(d, overrides, Config)

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed as dist_utils
 from ..config import Config, ConfigError, config_from_dict, config_to_dict, load_config
 from ..data.loader import collate
 from ..evaluate.geometry import split_geometry
 from ..evaluate.protocol import encode_texts, encode_videos
 from ..io import atomic_write
-from ..model.gare import load_model
-from ..train import distributed as dist_utils
+from ..model.factory import load_model
 from ..train.features import extract_features
 from ..train.trainer import Trainer, train
 from .grid import Grid, Variant, resolve_run, run_overrides, train_command

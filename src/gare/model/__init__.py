@@ -1,6 +1,7 @@
-"""Model components: CLIP backbone, temporal module, psi, pairwise scorer, GareModel."""
+"""Model components: CLIP backbone, temporal module, psi, pairwise scorer, GareModel, and its files."""
 
-from .gare import GareModel, load_model
+from .factory import load_model
+from .gare import GareModel
 from .increment import IncrementModule
 from .scorer import PairScorer, ScoreOutput
 

@@ -255,14 +255,14 @@ def make_backbone(arch: str = "ViT-B-32", weights: str | None = None, quick_gelu
             if named is None or named["vision_cfg"].get("width") != inferred["vision_cfg"]["width"] or \
                     named["vision_cfg"].get("patch_size") != inferred["vision_cfg"]["patch_size"]:
                 log.info("architecture read off %s: %s", weights, inferred)
-            arch_cfg = inferred if named is None else _merge_heads(named, inferred)
+            arch_cfg = inferred if named is None else merge_heads(named, inferred)
     backbone = ClipBackbone(arch_config(arch, arch_cfg), quick_gelu=quick_gelu, max_words=max_words)
     if sd is not None:
         backbone.load_clip_weights(sd, source=str(weights))
     return backbone
 
 
-def _merge_heads(named: dict, inferred: dict) -> dict:
+def merge_heads(named: dict, inferred: dict) -> dict:
     """Use the inferred shapes, keeping head settings of the named config when the widths agree."""
     out = copy.deepcopy(inferred)
     if named["vision_cfg"].get("width") == inferred["vision_cfg"]["width"]:

@@ -8,17 +8,13 @@ layer_norm{1,2,3}.*}``, ``agent.psi.mean_proj.*``, ``agent.psi.log_std_proj.*``;
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..config import ModelConfig, merge_overrides
-from .backbone import OPENAI_EXTRA_KEYS, _merge_heads, arch_config, infer_openai_arch
-from .weights import CheckpointError, load_state_dict_strict
-
-log = logging.getLogger(__name__)
+from .backbone import OPENAI_EXTRA_KEYS, arch_config, infer_openai_arch, merge_heads
 
 _UNUSED = (re.compile(r"^agent\.psi\.layers\.\d+\.linear2\."), re.compile(r"^agent\.psi\.layers\.\d+\.mlp\."),
            re.compile(r"^weight_fc\."), re.compile(r"^psi\."))
@@ -84,7 +80,7 @@ def official_model_config(sd: dict[str, Tensor], overrides: dict[str, Any] | Non
     arch_cfg = infer_openai_arch(clip_sd)
     named = (overrides or {}).get("backbone.arch")
     if named:  # head counts cannot be read off the weights: take them from the named architecture
-        arch_cfg = _merge_heads(arch_config(named), arch_cfg)
+        arch_cfg = merge_heads(arch_config(named), arch_cfg)
     tlayers = len({k.split(".")[2] for k in sd if k.startswith("transformerClip.resblocks.")})
     if check_dataset(dataset) == "msvd":
         tlayers = 0
@@ -99,33 +95,6 @@ def official_model_config(sd: dict[str, Tensor], overrides: dict[str, Any] | Non
     return merge_overrides(d, overrides, ModelConfig, prefix="model")
 
 
-def load_official_gare(sd: dict[str, Tensor], *, source: str, overrides: dict[str, Any] | None = None,
-                       dataset: str | None = None, compat: str = "release"):
-    """Build a :class:`GareModel` from an official GARE state dict (strict: every problem is named)."""
-    from .gare import GareModel
-
-    cfg = official_model_config(sd, overrides, dataset=dataset, compat=compat)
-    model = GareModel(cfg)
-    mapped, ignored = official_to_project(sd, log_sigma_head=cfg.scorer.psi.log_sigma_head,
-                                          temporal=cfg.temporal.kind != "meanP")
-    if ignored:
-        names = sorted({re.sub(r"\.(weight|bias)$", ".*", k) for k in ignored if not k.startswith("psi.")})
-        if any(k.startswith("psi.") for k in ignored):
-            names.append("psi.* (a copy of agent.psi.*)")
-        log.warning("%s: ignored %d tensors the official release stores but never uses: %s", source, len(ignored),
-                    ", ".join(names[:12]))
-    try:
-        load_state_dict_strict(model, mapped, source=source, allow_missing=("backbone.clip.logit_bias",))
-    except CheckpointError as e:
-        msg = str(e)  # name the tensors as the official file does, not as this project's model does
-        for ours, theirs in (("backbone.clip.", "clip."), ("temporal.transformer.", "transformerClip."),
-                             ("temporal.frame_position_embeddings.", "frame_position_embeddings."),
-                             ("scorer.psi.", "agent.psi.")):
-            msg = msg.replace(ours, theirs)
-        raise CheckpointError(f"{msg} (official GARE layout expected)") from None
-    return model
-
-
 _TO_OFFICIAL = (("backbone.clip.", "clip."), ("temporal.frame_position_embeddings.", "frame_position_embeddings."),
                 ("temporal.transformer.", "transformerClip."), ("scorer.psi.", "agent.psi."))
 
@@ -138,7 +107,14 @@ def official_name(name: str) -> str:
     return name
 
 
-def project_to_official(model) -> dict[str, Tensor]:
+def official_names(text: str) -> str:
+    """``text`` (e.g. a loader error) with this project's tensor names written as the official file's."""
+    for ours, theirs in _TO_OFFICIAL:
+        text = text.replace(ours, theirs)
+    return text
+
+
+def project_to_official(model: nn.Module) -> dict[str, Tensor]:
     """The inverse mapping (used by the tests and to export): project model -> official key layout."""
     out: dict[str, Tensor] = {}
     for k, v in model.state_dict().items():

@@ -1,33 +1,27 @@
-"""GareModel: CLIP towers + temporal module + pairwise GARE scorer, and the checkpoint format.
+"""GareModel: CLIP towers + temporal module + pairwise GARE scorer (the nn.Module only).
 
-A project checkpoint is one ``.safetensors`` file: the weights plus, in its metadata, the model
-configuration that built them (so it loads without the original CLIP file).
+Files: :mod:`gare.model.checkpoint` reads and writes them, :func:`gare.model.factory.load_model` builds a
+model from one.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ..config import Config, ModelConfig, merge_overrides, validate
+from ..config import Config, ModelConfig, validate
 from .backbone import ClipBackbone, make_backbone
+from .checkpoint import write_checkpoint
+from .fast_scorer import fast_similarity, supports
 from .scorer import PairScorer, ScoreOutput, check_inputs
 from .temporal import build_temporal
-from .weights import CheckpointError, load_state_dict_strict
+from .two_stage import two_stage_similarity
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = "gare-checkpoint-v1"
 
 
 class GareModel(nn.Module):
@@ -184,18 +178,11 @@ class GareModel(nn.Module):
                 video_mask = video_mask.to(self.device).bool()
             check_inputs(t, v, video_mask)
             if two_stage_k is not None:
-                from .two_stage import two_stage_similarity
-
                 return two_stage_similarity(self, t, v, video_mask, k=two_stage_k, words=words,
                                             word_mask=word_mask, fast=fast, memory_budget=memory_budget)
-            if fast:
-                try:
-                    from .fast_scorer import fast_similarity, supports
-                except ImportError:  # fast path not available in this build
-                    supports = None
-                if supports is not None and supports(self.scorer):
-                    return fast_similarity(self.scorer, t, v, video_mask, words=words, word_mask=word_mask,
-                                           memory_budget=memory_budget)
+            if fast and supports(self.scorer):
+                return fast_similarity(self.scorer, t, v, video_mask, words=words, word_mask=word_mask,
+                                       memory_budget=memory_budget)
             return self.scorer.similarity(t, v, video_mask, words=words, word_mask=word_mask,
                                           memory_budget=memory_budget)
         finally:
@@ -214,113 +201,4 @@ class GareModel(nn.Module):
 
     def save(self, path: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:
         """Write weights + config to one ``.safetensors`` file, atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        meta = {"format": CHECKPOINT_FORMAT, "model_config": json.dumps(self.config_dict())}
-        meta.update(extra_metadata or {})
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
-
-
-def _flatten_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-    """``pool_temperature=3`` style keyword overrides -> dotted model-config keys."""
-    short = {
-        "arch": "backbone.arch", "max_words": "backbone.max_words", "quick_gelu": "backbone.quick_gelu",
-        "temporal": "temporal.kind", "pool_temperature": "scorer.pool_temperature", "pooling": "scorer.pooling",
-        "use_delta": "scorer.use_delta", "eta": "scorer.eta", "context": "scorer.context", "side": "scorer.side",
-        "query": "scorer.query", "psi_heads": "scorer.psi.heads", "psi_layers": "scorer.psi.layers",
-        "log_sigma_head": "scorer.psi.log_sigma_head", "dropout": "scorer.psi.dropout",
-    }
-    out = {}
-    for k, v in overrides.items():
-        key = k.replace("__", ".")
-        out[short.get(key, key)] = v
-    return out
-
-
-def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    path = Path(path)
-    tensors: dict[str, Tensor] = {}
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
-        for k in fh.keys():
-            tensors[k] = fh.get_tensor(k)
-    return tensors, meta
-
-
-def _torch_state(path: Path) -> dict[str, Tensor] | None:
-    try:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - not a pickled state dict; the caller tries other formats
-        return None
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
-        sd = sd["model"]
-    if not isinstance(sd, dict):
-        return None
-    return {k[7:] if k.startswith("module.") else k: v for k, v in sd.items() if isinstance(v, Tensor)}
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu", *, compat: str | None = None,
-               dataset: str | None = None, **overrides: Any) -> GareModel:
-    """Load a model from a local file.
-
-    (a) a project checkpoint (``.safetensors`` with its config, or a run directory holding ``best.safetensors``),
-    (b) an OpenAI CLIP ``.pt`` (TorchScript or state dict; GARE head freshly initialized),
-    (c) a state dict saved by the official GARE release (detected by its ``clip.*``/``agent.psi.*`` keys).
-    ``overrides`` change model options (``pool_temperature=3``, ``scorer__psi__heads=2``, ``arch="ViT-B-16"``).
-
-    ``compat``: ``"release"`` scores as the official release (padded frame slots encoded, attended to and
-    averaged into vbar), ``"none"`` masks padding; ``None`` keeps the checkpoint's recorded mode, which is
-    ``"release"`` for official-layout state dicts (they were trained that way). ``dataset`` (official
-    checkpoints only): ``"msvd"`` builds no temporal module, as the release does for MSVD.
-    """
-    if compat is not None and compat not in ("none", "release"):
-        raise ValueError(f"compat must be 'none' or 'release', got {compat!r}")
-    if compat is not None:
-        overrides = {**overrides, "compat": compat}
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.safetensors", "model.safetensors", "last.safetensors"):
-            if (path / name).exists():
-                path = path / name
-                break
-        else:
-            raise FileNotFoundError(f"{path} is a folder without best/model/last.safetensors")
-    if not path.exists():
-        raise FileNotFoundError(f"model file not found: {path}")
-    ov = _flatten_overrides(overrides)
-    if path.suffix == ".safetensors":
-        tensors, meta = read_checkpoint(path)
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{path}: not a gare checkpoint (metadata format={meta.get('format')!r}); "
-                                  "convert official weights with `gare convert SRC DST`")
-        cfg = merge_overrides(json.loads(meta["model_config"]), ov, ModelConfig, prefix="model")
-        model = GareModel(cfg)
-        load_state_dict_strict(model, tensors, source=str(path))
-        return model.to(device).eval()
-    from .convert import is_official_gare, load_official_gare  # convert imports this module
-
-    sd = _torch_state(path)
-    if sd is not None and is_official_gare(sd):
-        mode = ov.pop("compat", "release")
-        return load_official_gare(sd, source=str(path), overrides=ov, dataset=dataset,
-                                  compat=mode).to(device).eval()
-    if dataset is not None:
-        raise ValueError(f"dataset={dataset!r} applies to official GARE checkpoints only; {path} is not one")
-    # OpenAI CLIP (TorchScript or state dict): fresh GARE head
-    cfg = merge_overrides({"backbone": {"weights": str(path), "arch": ov.pop("backbone.arch", "ViT-B-32")}}, ov,
-                          ModelConfig, prefix="model")
-    model = GareModel(cfg)
-    log.info("loaded CLIP weights from %s; temporal module and psi freshly initialized", path)
-    return model.to(device).eval()
-
+        return write_checkpoint(path, self.state_dict(), self.config_dict(), extra_metadata)

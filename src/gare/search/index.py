@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.video import FrameTransform, iter_video_files
-from ..model.gare import load_model
+from ..model.factory import load_model
 from .media import DecodedVideo, decode_video
 from .store import (
     DB_NAME,

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..model.gare import load_model
+from ..model.factory import load_model
 from .store import (
     THUMB_DIR,
     IndexMismatchError,

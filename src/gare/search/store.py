@@ -33,6 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..io import atomic_write
+from ..model.checkpoint import run_config
 
 log = logging.getLogger(__name__)
 
@@ -102,19 +103,6 @@ class IndexSettings:
 
 
 # ------------------------------------------------------------------------------------ model identity
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or a run folder holding best/model/last.safetensors -> the file."""
-    p = Path(path)
-    if p.is_dir():
-        for name in ("best.safetensors", "model.safetensors", "last.safetensors"):
-            if (p / name).is_file():
-                return (p / name).resolve()
-        raise FileNotFoundError(f"{p} is a folder without best/model/last.safetensors")
-    if not p.is_file():
-        raise FileNotFoundError(f"model file not found: {p}")
-    return p.resolve()
-
-
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -128,12 +116,8 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def checkpoint_sampling(path: Path) -> dict:
     """Sampling settings the checkpoint was trained with (from its run config), where it records them."""
-    if path.suffix != ".safetensors":
-        return {}
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-        data = json.loads(meta.get("run_config", "{}")).get("data", {})
+        data = (run_config(path) or {}).get("data", {})
     except Exception as e:  # noqa: BLE001 - metadata is optional; defaults apply
         log.debug("no run config in %s: %s", path, e)
         return {}

@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
-
-def atomic_torch_save(obj, path: Path) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+from ..io import atomic_write
 
 
 def save_training_checkpoint(run_dir: Path, model, optimizer, scheduler, *, step: int, epoch: int,
@@ -30,7 +18,7 @@ def save_training_checkpoint(run_dir: Path, model, optimizer, scheduler, *, step
     state = {"optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict() if scheduler is not None else None, "step": step, "epoch": epoch,
              "batch_in_epoch": batch_in_epoch, "best": best, "scaler": scaler.state_dict() if scaler else None}
-    atomic_torch_save(state, run_dir / "last_state.pt")
+    atomic_write(run_dir / "last_state.pt", lambda tmp: torch.save(state, tmp))
 
 
 def load_training_state(run_dir: Path) -> dict | None:

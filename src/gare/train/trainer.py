@@ -18,10 +18,13 @@ import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from .. import distributed as dist_utils
 from ..config import Config, ConfigError, config_to_dict, resolve_compat
+from ..model.checkpoint import read_checkpoint
+from ..model.factory import load_model
 from ..model.gare import GareModel
+from ..model.weights import load_state_dict_strict
 from ..objectives import gare_loss
-from . import distributed as dist_utils
 from .checkpoint import load_training_state, save_training_checkpoint
 from .data import EpochSampler, SeededItems, make_loader, resolve_data, train_pairs
 from .optim import build_optimizer, current_lr
@@ -152,9 +155,6 @@ class Trainer:
         if state is None:
             log.info("resume=true but %s has no checkpoint yet: starting from scratch", self.run_dir)
             return
-        from ..model.gare import read_checkpoint
-        from ..model.weights import load_state_dict_strict
-
         tensors, _ = read_checkpoint(self.run_dir / "last.safetensors")
         load_state_dict_strict(self.model, tensors, source=str(self.run_dir / "last.safetensors"))
         self.optimizer.load_state_dict(state["optimizer"])
@@ -375,8 +375,6 @@ class Trainer:
         if final_test and self.step >= self.total_steps:
             best_path = self.run_dir / "best.safetensors"
             dist_utils.barrier()
-            from ..model.gare import load_model
-
             best = load_model(best_path, device=self.device) if best_path.exists() else self.model
             results["test"] = self.evaluate("test", model=best)
             if self.dist.is_main:

@@ -1,4 +1,5 @@
-"""Distributed helpers. Nothing happens at import: a process group exists only under torchrun.
+"""Distributed helpers (core: the trainer and the evaluation protocol both use them). Nothing happens at
+import: a process group exists only under torchrun.
 
 ``all_gather_with_grad`` concatenates every rank's features along dim 0; its backward sums the
 incoming gradients over ranks and returns this rank's slice. With DDP's gradient averaging, N ranks
