@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.video import FrameTransform, iter_video_files
+from ..model.checkpoint import resolve_checkpoint
 from ..model.factory import load_model
 from .media import DecodedVideo, decode_video
 from .store import (
@@ -48,7 +49,6 @@ from .store import (
     connect,
     file_sha256,
     read_meta,
-    resolve_checkpoint,
     write_shard,
     write_thumb,
 )

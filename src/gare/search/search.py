@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..model.checkpoint import resolve_checkpoint
 from ..model.factory import load_model
 from .store import (
     THUMB_DIR,
@@ -33,7 +34,6 @@ from .store import (
     file_sha256,
     load_embeddings,
     open_index_meta,
-    resolve_checkpoint,
 )
 
 log = logging.getLogger(__name__)
