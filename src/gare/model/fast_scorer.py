@@ -42,6 +42,7 @@ exposes the standard module names (``layers[i].cross_attn.{q,k,v,out}_proj``, ``
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .gallery import GALLERY_FORMAT, VideoGallery, check_compatible
 from .scorer import PairScorer, check_inputs, final_cosine, masked_mean
 
 log = logging.getLogger(__name__)
@@ -283,13 +285,9 @@ def _attention_basis(lp: _Layer, kc: Tensor, vh: Tensor | None) -> Tensor:
     return torch.einsum("olhe,dhe->ohld", vh, lp.wo.view(D, H, D // H)).reshape(n_o, H * L, D)  # [n_o, HL, D]
 
 
-def _prepare_owner(layers: list[_Layer], wmu: Tensor, bmu: Tensor, ctx: Tensor, cmask: Tensor | None,
-                   extra: Tensor | None = None) -> _Owner:
-    """Everything psi needs that depends on the context owner only.
-
-    ``ctx [n_o, L, D]``, ``cmask [n_o, L]``; ``extra [n_o, E, D]``: vectors whose products with the
-    final basis rows the caller needs per pair (they end the last layer's stack).
-    """
+def _prepare_owner(layers: list[_Layer], wmu: Tensor, bmu: Tensor, ctx: Tensor, cmask: Tensor | None) -> _Owner:
+    """Everything psi needs that depends on the context owner only, with explicit basis rows (word
+    context: the owner is a text; ``ctx [n_o, L, D]`` its words, ``cmask [n_o, L]``)."""
     n_o, L, D = ctx.shape
     kcs = [torch.nn.functional.layer_norm(ctx, (D,), lp.ln1.g, lp.ln1.b, lp.ln1.eps) for lp in layers]  # [n_o, L, D]
     mask = None if cmask is None else cmask.bool().view(n_o, 1, L, 1)  # [n_o, 1, L, 1]
@@ -335,10 +333,7 @@ def _prepare_owner(layers: list[_Layer], wmu: Tensor, bmu: Tensor, ctx: Tensor, 
         else:
             P, Z = _linear_basis(P, Z, wmu, bmu)  # [n_o, M, D], [3, D]
             gn = _Grams.of(P, Z)
-            if extra is not None:
-                tail = torch.bmm(extra, P.transpose(1, 2))  # [n_o, E, M]
-            else:
-                tail = P.new_zeros(n_o, 0, P.shape[1])  # [n_o, 0, M]
+            tail = P.new_zeros(n_o, 0, P.shape[1])  # [n_o, 0, M]: no extra rows
             eps_n = None
         stack = torch.cat([g2.pp, g3.pp, gn.pp, g2.pz.transpose(1, 2), g3.pz.transpose(1, 2),
                            gn.pz.transpose(1, 2), tail], dim=1)  # [n_o, 3M + S2 + S3 + Sn + E, M]
@@ -347,7 +342,7 @@ def _prepare_owner(layers: list[_Layer], wmu: Tensor, bmu: Tensor, ctx: Tensor, 
     return _Owner(out, P, Z)
 
 
-def _psi_coeffs(own: _Owner, logits0: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _psi_coeffs(layers: list[_OwnerLayer], logits0: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Coefficients of ``Delta`` in the owner's final basis from the first layer's scaled logits
     ``[n_o, H*L, n_p]`` (``n_p`` may be 1 when they do not depend on the partner).
 
@@ -355,7 +350,7 @@ def _psi_coeffs(own: _Owner, logits0: Tensor, dim: int) -> tuple[Tensor, Tensor,
     alpha'P + zeta'Z``), ``|Delta|^2 [n_o, 1, n_p]`` and the extra rows times alpha ``[n_o, E, n_p]``.
     """
     logits = logits0
-    for ol in own.layers:
+    for ol in layers:
         n_o, M, n_p = logits.shape
         lg = logits.view(n_o, ol.heads, M // ol.heads, n_p)  # [n_o, H, L, n_p]
         if ol.logit_mask is not None:
@@ -399,21 +394,104 @@ def _gap_inv_sigma(ln: _LN, sign: float, tt_c: Tensor, vv_c: Tensor, tv: Tensor,
 
 
 # --------------------------------------------------------------------------------------------------
-# block scoring
+# the model's side, folded once per model: maps acting on value coefficients
 # --------------------------------------------------------------------------------------------------
+@dataclass
+class _LayerMaps:
+    """One psi layer folded with the weights that follow its attention, for the gallery path.
+
+    A layer's attention output is ``a = sum_hl alpha_hl U_hl + b_out`` with ``U_hl = W_out[:, head h] v_hl``:
+    a combination of the columns of ``W_out`` with the coefficients ``v_hl`` (head block ``h``). Carrying
+    the basis rows ``W_out[:, r]`` (``r < D``) through the layer's fixed linear chain once per model gives
+    ``D x D`` matrices; a video's ``M x M`` Grams are then ``V B V'`` head block by head block
+    (``O(F D^2 + H F^2 D)`` per video), and its per-pair products ``<x, P_hl> = <(out_rows x)[h], v_hl>``
+    (``O(F D)`` per pair) whatever the head count.
+    """
+
+    grams: tuple[Tensor, Tensor, Tensor]  # [D, D] x3: Gram of the basis rows at LN2's, LN3's and the "next" norm
+    pz: tuple[Tensor, Tensor, Tensor]  # [D, S_k] x3: the same rows with the shared rows of each norm
+    zz: tuple[list[list[float]], ...]  # [S_k, S_k] x3: shared rows with shared rows
+    eps: tuple[float, float, float | None]  # eps of LN2, LN3, next LN1 (None after the last layer: |Delta|^2)
+    out_rows: Tensor  # [D, D] last layer: Delta's basis rows; else the next query's rows W_q' LN1'(.) / sqrt(d_h')
+    z_out: Tensor  # [S, D] the matching shared rows (last one has coefficient 1)
+
+
+def _layer_maps(lp: _Layer, nl: _Layer | None, wmu: Tensor, bmu: Tensor) -> _LayerMaps:
+    """Run :func:`_ln_basis` / :func:`_linear_basis` on the ``D`` basis rows ``W_out[:, r]`` (one "owner")."""
+    D = lp.wo.shape[0]
+    P, Z = lp.wo.T[None], lp.bo[None]  # [1, D, D] row r = W_out[:, r], [1, D]
+    P, Z, g2 = _ln_basis(P, Z, lp.ln2)  # [1, D, D], [2, D]
+    P, Z = _linear_basis(P, Z, lp.w1, lp.b1, residual=True)  # [1, D, D], [2, D]
+    P, Z, g3 = _ln_basis(P, Z, lp.ln3)  # [1, D, D], [3, D]
+    if nl is not None:
+        P, Z, gn = _ln_basis(P, Z, nl.ln1)  # [1, D, D], [4, D]
+        P, Z = _linear_basis(P, Z, nl.wq, nl.bq)  # [1, D, D], [4, D]
+        scale = 1.0 / math.sqrt(D // nl.heads)
+        P, Z, eps_n = P * scale, Z * scale, nl.ln1.eps  # [1, D, D], [4, D]
+    else:
+        P, Z = _linear_basis(P, Z, wmu, bmu)  # [1, D, D], [3, D]
+        gn, eps_n = _Grams.of(P, Z), None
+    return _LayerMaps((g2.pp[0], g3.pp[0], gn.pp[0]), (g2.pz[0], g3.pz[0], gn.pz[0]),
+                      (g2.zz.tolist(), g3.zz.tolist(), gn.zz.tolist()), (lp.ln2.eps, lp.ln3.eps, eps_n), P[0], Z)
+
+
 class _Plan:
+    """The scorer's options and weights in the compute dtype, with the per-model folds of the gallery path."""
+
     def __init__(self, scorer: PairScorer, dtype: torch.dtype, device: torch.device):
         cfg = scorer.cfg
         self.cfg = cfg
         self.dim = scorer.dim
+        self.dtype = dtype
         self.use_delta = scorer.psi is not None
         self.sign = cfg.eta  # q = eta * (vbar - t) on either side
         self.inv_temp = 1.0 / cfg.pool_temperature
+        self.meta = gallery_meta(scorer)
+        self.heads, self.n_layers = 1, 0
         if self.use_delta:
             self.layers, self.wmu, self.bmu = _read_psi(scorer.psi, self.dim, dtype, device)
             self.ln1 = self.layers[0].ln1
+            self.heads, self.n_layers = self.layers[0].heads, len(self.layers)
+            self.maps = [_layer_maps(lp, self.layers[i + 1] if i + 1 < len(self.layers) else None, self.wmu, self.bmu)
+                         for i, lp in enumerate(self.layers)]
+            l0 = self.layers[0]
+            self.c0 = l0.wq @ l0.ln1.b + l0.bq  # [D] W_q b1 + b_q
 
 
+_PLAN_CACHE_ATTR = "_gare_fast_plan_cache"
+
+
+def _plan_for(scorer: PairScorer, dtype: torch.dtype, device: torch.device) -> _Plan:
+    """The scorer's :class:`_Plan`, cached on the scorer until one of its parameters changes (in-place
+    updates bump a tensor's version counter; a replaced parameter has another identity)."""
+    params = tuple((id(p), p.data_ptr(), p._version) for p in scorer.parameters())
+    key = (dtype, str(device), params, repr(scorer.cfg), getattr(scorer, "release_padding", False))
+    cached = scorer.__dict__.get(_PLAN_CACHE_ATTR)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    plan = _Plan(scorer, dtype, device)
+    scorer.__dict__[_PLAN_CACHE_ATTR] = (key, plan)
+    return plan
+
+
+def gallery_meta(scorer: PairScorer) -> dict:
+    """Header that ties a gallery to the model and options that built it (compared before scoring)."""
+    cfg = scorer.cfg
+    h = hashlib.sha256()
+    for name, p in sorted(scorer.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    opts = {"pooling": cfg.pooling, "query": cfg.query, "context": cfg.context, "side": cfg.side,
+            "eta": float(cfg.eta), "pool_temperature": float(cfg.pool_temperature), "use_delta": scorer.psi is not None}
+    if scorer.psi is not None:
+        opts["heads"] = int(getattr(scorer.psi.layers[0].cross_attn, "heads", 1))
+        opts["layers"] = len(scorer.psi.layers)
+    return {"format": GALLERY_FORMAT, "dim": int(scorer.dim), "scorer": opts, "weights_sha256": h.hexdigest()[:16]}
+
+
+# --------------------------------------------------------------------------------------------------
+# statistics of texts and videos
+# --------------------------------------------------------------------------------------------------
 @dataclass
 class _TextStats:
     """Per-text scalars. Built ``[N_t]``; the block code reshapes them (:meth:`map`) to broadcast
@@ -423,11 +501,9 @@ class _TextStats:
     mt: Tensor  # mean of t's entries
     tt_c: Tensor  # |C t|^2 (C: centring)
     inv_t: Tensor | None = None  # 1 / sigma of LN1(t) (text query); None without psi
-    tz: Tensor | None = None  # <Z_delta_s, t> with Delta's shared rows, ``[..., S, ...]``; set per video block
 
     def map(self, fn) -> _TextStats:
-        """The same statistics with ``fn`` applied to every scalar field (``tz`` is left out: the caller
-        lays it out)."""
+        """The same statistics with ``fn`` applied to every field."""
         return _TextStats(fn(self.tt), fn(self.mt), fn(self.tt_c), None if self.inv_t is None else fn(self.inv_t))
 
     def slice(self, i: int, n: int) -> _TextStats:
@@ -452,20 +528,6 @@ class _VideoStats:
         return _VideoStats(self.vbar[j:j + n], self.vv[j:j + n], self.mv[j:j + n], self.vv_c[j:j + n])
 
 
-@dataclass
-class _VideoRows:
-    """Per-video matrices of the frame-context path (one video block).
-
-    ``rows [n_v, Q, D + 1]``: the vectors the texts are multiplied with, ``[f / T_pool; vbar; Kt; P_delta]``
-    (each part only when needed), with one extra column that meets a constant 1 appended to the texts:
-    ``-<vbar, Kt>`` on the Kt rows of the gap query, so the product gives ``<t - vbar, Kt>`` directly.
-    """
-
-    rows: Tensor  # [n_v, Q, D + 1]
-    ff: Tensor | None  # [n_v, F, F] frame Gram (text pooling)
-    zx: Tensor | None  # <x, Z_delta_s>: [n_v, F, S] with x the frames (text pooling), [n_v, S, 1] with x = vbar (mean)
-
-
 def _text_stats(plan: _Plan, t: Tensor) -> _TextStats:
     """Per-text quantities ``[N_t]``: squared norm, mean, centred squared norm, text-query LN1 scale."""
     D = plan.dim
@@ -481,84 +543,261 @@ def _video_stats(f: Tensor, mask: Tensor | None) -> _VideoStats:
     return _VideoStats(vbar, (vbar * vbar).sum(-1), vbar.mean(-1), (vc * vc).sum(-1))
 
 
-def _video_rows(plan: _Plan, own: _Owner | None, f: Tensor, vs: _VideoStats) -> _VideoRows:
-    """The product rows and small per-video matrices of the frame-context path (once per video block)."""
+# --------------------------------------------------------------------------------------------------
+# the gallery: per-video bases (frame context), built once per video
+# --------------------------------------------------------------------------------------------------
+def _head_gram(V: Tensor, B: Tensor) -> Tensor:
+    """``[n, M, M]`` with entries ``v_hl' B[h, h'] v_h'l'`` for values ``V [n, L, H, d_h]`` and ``B [D, D]``."""
+    n, L, H, dh = V.shape
+    X = torch.einsum("nlhe,hef->nlhf", V, B.view(H, dh, H * dh))  # [n, L, H, D]
+    G = torch.einsum("nlhge,nmge->nhlgm", X.view(n, L, H, H, dh), V)  # [n, H, L, H, L]
+    return G.reshape(n, H * L, H * L)
+
+
+def _build_block(plan: _Plan, f: Tensor, mask: Tensor | None) -> VideoGallery:
+    """The gallery of one block of videos ``f [n, F, D]`` (compute dtype), ``mask [n, F]``."""
     cfg = plan.cfg
-    ff = zx = None
-    rows = []
+    n, L, D = f.shape
+    vs = _video_stats(f, mask)
+    tx = torch.cat([f, vs.vbar[:, None]], dim=1)  # [n, F + 1, D]
+    g = VideoGallery(dict(plan.meta), tx, vs.vv, vs.mv, vs.vv_c, mask)
+    if plan.use_delta and cfg.context == "words":
+        return g  # word context: the text owns psi's basis; only the video side is cached
     if cfg.pooling == "text":
-        ff = f @ f.transpose(1, 2)  # [n_v, F, F]
-        rows.append(f * plan.inv_temp)  # [n_v, F, D]
-    if cfg.pooling == "mean" or (own is not None and cfg.query == "gap"):
-        rows.append(vs.vbar[:, None])  # [n_v, 1, D]
-    if own is not None:
-        rows += [own.layers[0].kt, own.p_delta]  # [n_v, HL, D], [n_v, M, D]
-    R = torch.cat(rows, dim=1)  # [n_v, Q, D]
-    R = torch.cat([R, R.new_zeros(R.shape[0], R.shape[1], 1)], dim=2)  # [n_v, Q, D + 1]
-    if own is not None:
-        kt = own.layers[0].kt  # [n_v, HL, D]
-        HL, M = kt.shape[1], own.p_delta.shape[1]
-        if cfg.query == "gap":
-            R[:, -(HL + M):-M, -1] = -torch.bmm(kt, vs.vbar[:, :, None])[:, :, 0]  # [n_v, HL]
-        if cfg.pooling == "text":
-            zx = f @ own.z_delta.T  # [n_v, F, S]
+        g.ff = f @ f.transpose(1, 2)  # [n, F, F]
+    if not plan.use_delta:
+        return g
+    kcs = [torch.nn.functional.layer_norm(f, (D,), lp.ln1.g, lp.ln1.b, lp.ln1.eps) for lp in plan.layers]  # [n, L, D]
+    H = plan.heads
+    dh = D // H
+    M = H * L
+    keys = [(kc @ lp.wk.T + lp.bk).view(n, L, lp.heads, -1) for kc, lp in zip(kcs, plan.layers)]  # [n, L, H, d_h]
+    vals = [(kc @ lp.wv.T + lp.bv).view(n, L, lp.heads, -1) for kc, lp in zip(kcs, plan.layers)]  # [n, L, H, d_h]
+    k0 = keys[0] / math.sqrt(dh)  # [n, L, H, d_h]
+    l0 = plan.layers[0]
+    qv = (l0.ln1.g * vs.vbar - l0.ln1.g * vs.mv[:, None]) @ l0.wq.T  # [n, D] W_q (g1 * C vbar)
+    g.k0 = k0.reshape(n, L, D)  # [n, L, D]
+    g.kv = torch.einsum("nhe,nlhe->nhl", qv.view(n, H, dh), k0).reshape(n, M)  # [n, M]
+    g.ck = torch.einsum("he,nlhe->nhl", plan.c0.view(H, dh), k0).reshape(n, M)  # [n, M]
+    for li, mp in enumerate(plan.maps):
+        V = vals[li]  # [n, L, H, d_h]
+        Hl = V.shape[2]
+        pps = [_head_gram(V, B) for B in mp.grams]  # [n, M, M] x3
+        pzs = [torch.einsum("nlhe,hes->nshl", V, pz.view(Hl, D // Hl, -1)).reshape(n, -1, Hl * L)
+               for pz in mp.pz]  # [n, S_k, M] x3
+        if li + 1 < len(plan.maps):
+            Kn = keys[li + 1]  # [n, L, H', d_h']
+            Hn = Kn.shape[2]
+            X = torch.einsum("nlhe,hef->nlhf", V, mp.out_rows.view(Hl, D // Hl, D))  # [n, L, H, D]
+            tail = torch.einsum("nlhge,nmge->ngmhl", X.view(n, L, Hl, Hn, D // Hn), Kn)  # [n, H', L, H, L]
+            tail = tail.reshape(n, Hn * L, Hl * L)  # [n, H'L, M]
+            qkz = torch.einsum("sge,nmge->ngms", mp.z_out.view(-1, Hn, D // Hn), Kn)  # [n, H', L, S']
+            g.qkz.append(qkz.reshape(n, Hn * L, -1))  # [n, H'L, S']
         else:
-            zx = (own.z_delta @ vs.vbar.T).T[:, :, None]  # [n_v, S, 1]
-    return _VideoRows(R, ff, zx)
+            extra = f if cfg.pooling == "text" else vs.vbar[:, None]  # [n, E, D] E = F or 1
+            ex = (extra @ mp.out_rows.T).view(n, extra.shape[1], Hl, D // Hl)  # [n, E, H, d_h]
+            tail = torch.einsum("nehd,nlhd->nehl", ex, V).reshape(n, extra.shape[1], Hl * L)  # [n, E, M]
+            g.zx = extra @ mp.z_out.T  # [n, E, S]
+            if cfg.pooling == "mean":
+                g.zx = g.zx.transpose(1, 2)  # [n, S, 1]
+            g.v_last = V.reshape(n, L, D)  # [n, L, D]
+        g.stacks.append(torch.cat(pps + pzs + [tail], dim=1))  # [n, 3M + S2 + S3 + Sn + E (or H'L), M]
+    return g
 
 
-def _video_extra(plan: _Plan, f: Tensor, vs: _VideoStats) -> Tensor:
-    """Vectors whose products with Delta's basis the frame path needs: the frames ``[n_v, F, D]`` (text
-    pooling) or the mean video ``[n_v, 1, D]``."""
-    return f if plan.cfg.pooling == "text" else vs.vbar[:, None]
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def _score_video_owner(plan: _Plan, own: _Owner | None, vr: _VideoRows, fmask: Tensor | None, vs: _VideoStats,
-                       G: Tensor, ps: _TextStats) -> Tensor:
-    """Frame context (or no Delta): videos own the basis.
+@torch.no_grad()
+def build_gallery(scorer: PairScorer, f: Tensor, video_mask: Tensor | None = None, *,
+                  dtype: torch.dtype | None = None, memory_budget: int = 256 * 2**20) -> VideoGallery:
+    """The :class:`~gare.model.gallery.VideoGallery` of ``f [N, F, D]`` (temporal outputs) with
+    ``video_mask [N, F]`` (True = valid).
 
-    ``G [n_v, Q, n_p]``: ``vr.rows`` times the texts (with a constant 1 appended); ``ps``: text
-    statistics shaped ``[1 or n_v, 1, n_p]`` (``tz``: ``[1 or n_v, S, n_p]``). Returns ``[n_v, n_p]``.
+    Computed in float32 (float64 for float64 input) in blocks of videos. ``dtype`` (default: the compute
+    dtype) is the storage type of the ``D``-sized rows that every query reads (float16 halves the bytes
+    at a measured cost in ranking agreement, docs/performance.md); the small per-video matrices stay in
+    the compute dtype. Per video it costs about ``6 F D^2`` multiply-adds per psi layer whatever the
+    head count.
     """
+    if not supports(scorer):
+        raise ValueError("the fast scorer does not cover this scorer configuration, so it has no gallery; "
+                         "score with model.similarity(t, v, video_mask)")
+    if f.dim() != 3 or f.shape[2] != scorer.dim:
+        raise ValueError(f"videos must be [N, F, D] with D = {scorer.dim} (the model's width), got {tuple(f.shape)}")
+    check_inputs(f.new_zeros(1, f.shape[2]), f, video_mask)
+    cdt = _compute_dtype(f)
+    store = dtype or cdt
+    plan = _plan_for(scorer, cdt, f.device)
+    if video_mask is not None:
+        video_mask = video_mask.to(f.device).bool()
+        if bool(video_mask.all()):
+            video_mask = None
+    N, Fr, D = f.shape
+    bo, _ = block_sizes(N, 1, D, Fr, Fr, plan.heads, plan.n_layers, False, 4, memory_budget)
+    out: VideoGallery | None = None
+    for j in range(0, N, bo):
+        mj = video_mask[j:j + bo] if video_mask is not None else None  # [n, F]
+        gb = _build_block(plan, f[j:j + bo].to(cdt), mj).rows_as(store)
+        if out is None:  # allocate the whole gallery once, by the first block's shapes
+            out = gb._map(lambda x: x.new_empty((N, *x.shape[1:])))
+        dst = out._tensors()
+        for name, x in gb._tensors().items():
+            dst[name][j:j + bo] = x
+    return out
+
+
+def _check_gallery(plan: _Plan, g: VideoGallery, t: Tensor) -> None:
+    if not isinstance(g, VideoGallery):
+        raise TypeError(f"expected a VideoGallery (model.gallery(v)), got {type(g).__name__}")
+    check_compatible(g.meta, plan.meta)
+    if t.dim() != 2 or t.shape[1] != g.dim:
+        raise ValueError(f"texts must be [N_t, D] with D = {g.dim} (the gallery's width), got {tuple(t.shape)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# scoring against a gallery
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class _Queries:
+    """What a text contributes per pair (frame context): itself, its query row and its Delta row."""
+
+    t: Tensor  # [n, D]
+    qt: Tensor | None  # [n, D] W_q (g1 * C t): meets the layer-0 keys head by head
+    tp: Tensor | None  # [n, D] out_rows t: meets the last layer's values head by head (<t, P_hl>)
+    tz: Tensor | None  # [n, S] <t, Z_delta_s>
+
+
+def _queries(plan: _Plan, t: Tensor) -> _Queries:
+    if not plan.use_delta:
+        return _Queries(t, None, None, None)
+    l0, last = plan.layers[0], plan.maps[-1]
+    qt = (l0.ln1.g * _center(t)) @ l0.wq.T  # [n, D]
+    return _Queries(t, qt, t @ last.out_rows.T, t @ last.z_out.T)  # [n, D], [n, D], [n, S]
+
+
+def _head_products(rows: Tensor, x: Tensor, heads: int, gathered: bool) -> Tensor:
+    """``<rows[v, l, head h], x[q, head h]>`` as ``[n_v, H*L, n_q]``; ``rows [n_v, L, D]``, ``x [n_q, D]``
+    (``gathered``: ``x [n_v, g, D]``, one set of texts per video)."""
+    n_v, L, D = rows.shape
+    if heads == 1:
+        return torch.bmm(rows, x.transpose(1, 2)) if gathered else (rows.reshape(-1, D) @ x.T).view(n_v, L, -1)
+    dh = D // heads
+    r = rows.view(n_v, L, heads, dh)  # [n_v, L, H, d_h]
+    if gathered:
+        out = torch.einsum("vlhe,vqhe->vhlq", r, x.view(n_v, x.shape[1], heads, dh))  # [n_v, H, L, g]
+    else:
+        out = torch.einsum("vlhe,qhe->vhlq", r, x.view(x.shape[0], heads, dh))  # [n_v, H, L, n_q]
+    return out.reshape(n_v, heads * L, -1)
+
+
+def _gallery_layers(plan: _Plan, g: VideoGallery) -> list[_OwnerLayer]:
+    n, Fr = len(g), g.frames
+    mask = None if g.mask is None else g.mask.view(n, 1, Fr, 1)  # [n, 1, L, 1]
+    return [_OwnerLayer(lp.heads, mask, None, None, g.stacks[i], mp.zz, mp.eps,
+                        g.qkz[i] if i < len(g.qkz) else None)
+            for i, (lp, mp) in enumerate(zip(plan.layers, plan.maps))]
+
+
+def _score_block(plan: _Plan, g: VideoGallery, q: _Queries, ps: _TextStats, tz: Tensor | None,
+                 gathered: bool) -> Tensor:
+    """Scores ``[n_v, n_p]`` of a gallery block (compute dtype) against texts ``q`` (``[n_p, ...]``, or
+    ``[n_v, g, ...]`` when ``gathered``). ``ps``: text statistics shaped ``[1 or n_v, 1, n_p]``; ``tz``:
+    ``[1 or n_v, S, n_p]``."""
     cfg, D = plan.cfg, plan.dim
-    n_v = G.shape[0]
-    text_pool = cfg.pooling == "text"
-    pos = 0
-    if text_pool:
-        Fr = vr.ff.shape[1]
-        lg = G[:, :Fr]  # [n_v, F, n_p] <t, f> / T_pool
-        pos = Fr
-        w = (lg if fmask is None else lg.masked_fill(~fmask[:, :, None], float("-inf"))).softmax(dim=1)  # [n_v, F, n_p]
-        t_vhat = (w * lg).sum(1, keepdim=True) * cfg.pool_temperature  # [n_v, 1, n_p]
-        vhat_sq = (torch.bmm(vr.ff, w) * w).sum(1, keepdim=True)  # [n_v, 1, n_p]
-    if cfg.pooling == "mean" or (own is not None and cfg.query == "gap"):
-        tv = G[:, pos:pos + 1]  # [n_v, 1, n_p] <t, vbar>
-        pos += 1
-    if cfg.pooling == "mean":
+    n_v, Fr = len(g), g.frames
+    if gathered:
+        Gt = torch.bmm(g.tx, q.t.transpose(1, 2))  # [n_v, F + 1, n_p]
+    else:
+        Gt = (g.tx.reshape(-1, D) @ q.t.T).view(n_v, Fr + 1, -1)  # [n_v, F + 1, n_p]
+    tv = Gt[:, Fr:]  # [n_v, 1, n_p] <t, vbar>
+    if cfg.pooling == "text":
+        tf = Gt[:, :Fr]  # [n_v, F, n_p] <t, f>
+        lg = tf * plan.inv_temp  # [n_v, F, n_p]
+        if g.mask is not None:
+            lg = lg.masked_fill(~g.mask[:, :, None], float("-inf"))
+        w = lg.softmax(dim=1)  # [n_v, F, n_p]
+        t_vhat = (w * tf).sum(1, keepdim=True)  # [n_v, 1, n_p]
+        vhat_sq = (torch.bmm(g.ff, w) * w).sum(1, keepdim=True)  # [n_v, 1, n_p]
+    else:
         t_vhat = tv  # [n_v, 1, n_p]
-        vhat_sq = vs.vv.view(n_v, 1, 1)  # [n_v, 1, 1]
-    if own is None:
+        vhat_sq = g.vv.view(n_v, 1, 1)  # [n_v, 1, 1]
+    if not plan.use_delta:
         return final_cosine(t_vhat, ps.tt, vhat_sq)[:, 0]  # [n_v, n_p]
-    ol = own.layers[0]
-    HL = ol.kt.shape[1]
-    g_k = G[:, pos:pos + HL]  # [n_v, HL, n_p] gap: <t - vbar, Kt>; text query: <t, Kt>
-    tp = G[:, pos + HL:]  # [n_v, M, n_p] <t, P_delta>
+    gk = _head_products(g.k0, q.qt, plan.heads, gathered)  # [n_v, M, n_p] <W_q[h] (g1 * C t), k0_hl>
+    ck = g.ck[:, :, None]  # [n_v, M, 1]
     if cfg.query == "gap":
-        inv_q = _gap_inv_sigma(plan.ln1, plan.sign, ps.tt_c, vs.vv_c.view(n_v, 1, 1), tv,
-                               ps.mt, vs.mv.view(n_v, 1, 1), D)  # [n_v, 1, n_p]
-        logits0 = torch.addcmul(ol.ck, inv_q, g_k, value=-plan.sign)  # [n_v, HL, n_p]
+        inv_q = _gap_inv_sigma(plan.ln1, plan.sign, ps.tt_c, g.vv_c.view(n_v, 1, 1), tv,
+                               ps.mt, g.mv.view(n_v, 1, 1), D)  # [n_v, 1, n_p]
+        logits0 = ck + (plan.sign * inv_q) * (g.kv[:, :, None] - gk)  # [n_v, M, n_p]
     else:
-        logits0 = torch.addcmul(ol.ck, ps.inv_t, g_k)  # [n_v, HL, n_p]
-    alpha, rho, zeta, dd, xp = _psi_coeffs(own, logits0, D)  # xp = <X_e, alpha'P_delta> [n_v, E, n_p]
-    t_delta = rho * (alpha * tp).sum(1, keepdim=True) + (zeta * ps.tz).sum(1, keepdim=True)  # [n_v, 1, n_p]
-    if text_pool:
-        d_vhat = ((rho * xp + torch.bmm(vr.zx, zeta)) * w).sum(1, keepdim=True)  # [n_v, 1, n_p]
+        logits0 = torch.addcmul(ck, ps.inv_t, gk)  # [n_v, M, n_p]
+    alpha, rho, zeta, dd, xp = _psi_coeffs(_gallery_layers(plan, g), logits0, D)  # xp [n_v, E, n_p]
+    tp = _head_products(g.v_last, q.tp, plan.layers[-1].heads, gathered)  # [n_v, M, n_p] <t, P_delta>
+    t_delta = rho * (alpha * tp).sum(1, keepdim=True) + (zeta * tz).sum(1, keepdim=True)  # [n_v, 1, n_p]
+    if cfg.pooling == "text":
+        d_vhat = ((rho * xp + torch.bmm(g.zx, zeta)) * w).sum(1, keepdim=True)  # [n_v, 1, n_p]
     else:
-        d_vhat = rho * xp + (zeta * vr.zx).sum(1, keepdim=True)  # [n_v, 1, n_p]
+        d_vhat = rho * xp + (zeta * g.zx).sum(1, keepdim=True)  # [n_v, 1, n_p]
     s = final_cosine(t_vhat, ps.tt, vhat_sq, side=cfg.side, t_delta=t_delta, d_vhat=d_vhat, dd=dd)
     return s[:, 0]  # [n_v, n_p]
 
 
+def _score_dense(plan: _Plan, g: VideoGallery, q: _Queries, ts: _TextStats, out: Tensor, memory_budget: int) -> None:
+    """``out [N_t, n_v] = scores`` of every text against a gallery block, in cache-sized pair blocks."""
+    n_v, N_t = len(g), q.t.shape[0]
+    M = plan.heads * g.frames
+    per_pair = 4 * (g.frames * 4 + M * 12 + 64)
+    bp = int(max(1, min(N_t, PAIRS_PER_BLOCK // max(n_v, 1) or 1, (0.4 * memory_budget) // (per_pair * n_v))))
+    for i in range(0, N_t, bp):
+        qi = _Queries(*(None if x is None else x[i:i + bp] for x in (q.t, q.qt, q.tp, q.tz)))
+        ps = ts.slice(i, bp).map(lambda x: x.view(1, 1, -1))  # [1, 1, n_p] each
+        tz = qi.tz.T[None] if qi.tz is not None else None  # [1, S, n_p]
+        out[i:i + bp] = _score_block(plan, g, qi, ps, tz, gathered=False).T
+
+
+def _score_blocks(n_videos: int, n_texts: int, memory_budget: int) -> int:
+    """Videos per block when scoring a built gallery: about ``PAIRS_PER_BLOCK`` pairs per block."""
+    return int(max(1, min(n_videos, max(OWNERS_PER_BLOCK, PAIRS_PER_BLOCK // max(1, n_texts)))))
+
+
+@torch.no_grad()
+def gallery_similarity(scorer: PairScorer, t: Tensor, g: VideoGallery, *, words: Tensor | None = None,
+                       word_mask: Tensor | None = None, memory_budget: int = 256 * 2**20) -> Tensor:
+    """Exact scores ``[N_t, N]`` of texts ``t [N_t, D]`` against a gallery built by the same model (the
+    same numbers as :meth:`PairScorer.forward` in eval mode on the videos it was built from).
+
+    Frame context (or no Delta): each text pays ``(3F + 1) D`` products per video plus ``O((H F)^2)``
+    contractions, as GEMMs over blocks of videos and texts. Word context: the text side (psi's basis
+    over the words) is computed here per text, the video side comes from the gallery.
+    """
+    if not supports(scorer):
+        raise ValueError("the fast scorer does not cover this scorer configuration; score with "
+                         "model.similarity(t, v, video_mask)")
+    cdt = _compute_dtype(t)
+    plan = _plan_for(scorer, cdt, t.device)
+    _check_gallery(plan, g, t)
+    out_dtype = t.dtype
+    t = t.to(cdt)
+    out = torch.empty(t.shape[0], len(g), dtype=out_dtype, device=t.device)  # [N_t, N]
+    if plan.use_delta and plan.cfg.context == "words":
+        words, word_mask = _check_words(t, words, word_mask)
+        _similarity_words(plan, t, g.to(t.device, cdt), words, word_mask, memory_budget, out)
+        return out
+    q, ts = _queries(plan, t), _text_stats(plan, t)
+    bo = _score_blocks(len(g), t.shape[0], memory_budget)
+    for j in range(0, len(g), bo):
+        gb = g[j:j + bo]
+        if gb.dtype != cdt or gb.device != t.device:
+            gb = gb.to(t.device, cdt)
+        _score_dense(plan, gb, q, ts, out[:, j:j + bo], memory_budget)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# word context: texts own the basis
+# --------------------------------------------------------------------------------------------------
 def _score_text_owner(plan: _Plan, own: _Owner, t: Tensor, ts: _TextStats, f: Tensor, fmask: Tensor | None,
                       vs: _VideoStats) -> Tensor:
     """Word context: texts ``t [n_t, D]`` own the basis; videos ``f [n_v, F, D]``. Returns ``[n_t, n_v]``."""
@@ -590,7 +829,7 @@ def _score_text_owner(plan: _Plan, own: _Owner, t: Tensor, ts: _TextStats, f: Te
         logits0 = _first_logits(own, "gap", plan.sign, tk, vk, inv_q)  # [n_t, HL, n_v]
     else:
         logits0 = _first_logits(own, "text", plan.sign, tk, None, ts.inv_t)  # [n_t, HL, 1]
-    alpha, rho, zeta, dd, _ = _psi_coeffs(own, logits0, D)  # [n_t, M, n_v or 1], [n_t, 1, .], [n_t, S, .], [n_t, 1, .]
+    alpha, rho, zeta, dd, _ = _psi_coeffs(own.layers, logits0, D)  # [n_t, M, n_v or 1], [n_t, 1, .], [n_t, S, .]
     t_delta = rho * (alpha * tp).sum(1, keepdim=True) + (zeta * tz).sum(1, keepdim=True)  # [n_t, 1, n_v or 1]
     if cfg.pooling == "mean":
         vp = G[:, pos:]  # [n_t, M, n_v] <vbar, P_delta>
@@ -614,8 +853,41 @@ def _score_text_owner(plan: _Plan, own: _Owner, t: Tensor, ts: _TextStats, f: Te
     return s[:, 0]  # [n_t, n_v]
 
 
+def _check_words(t: Tensor, words: Tensor | None, word_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    N_t, D = t.shape
+    if words is None:
+        raise ValueError("context='words' needs the word embeddings of the texts (encode_text(..., "
+                         "return_words=True))")
+    if words.dim() != 3 or words.shape[0] != N_t or words.shape[2] != D:
+        raise ValueError(f"words must be [N_t, L, D] = [{N_t}, L, {D}], got {tuple(words.shape)}")
+    words = words.to(device=t.device, dtype=t.dtype)
+    if word_mask is not None:
+        word_mask = word_mask.to(t.device).bool()
+        if tuple(word_mask.shape) != tuple(words.shape[:2]):
+            raise ValueError(f"word mask must be [N_t, L] = {tuple(words.shape[:2])}, got {tuple(word_mask.shape)}")
+    return words, word_mask
+
+
+def _similarity_words(plan: _Plan, t: Tensor, g: VideoGallery, words: Tensor, word_mask: Tensor | None,
+                      memory_budget: int, out: Tensor) -> None:
+    """Word context: texts own the basis (their words); fills ``out [N_t, N_v]`` block by block."""
+    N_t, N_v, Fr, D = t.shape[0], len(g), g.frames, g.dim
+    ts = _text_stats(plan, t)
+    bo, bp = block_sizes(N_t, N_v, D, Fr, words.shape[1], plan.heads, plan.n_layers, True, t.element_size(),
+                         memory_budget)
+    vs_all = _VideoStats(g.vbar, g.vv, g.mv, g.vv_c)
+    for i in range(0, N_t, bo):
+        wm = word_mask[i:i + bo] if word_mask is not None else None  # [n_t, L]
+        own = _prepare_owner(plan.layers, plan.wmu, plan.bmu, words[i:i + bo], wm)
+        tsi = ts.slice(i, bo)  # [n_t] each
+        for j in range(0, N_v, bp):
+            mj = g.mask[j:j + bp] if g.mask is not None else None  # [n_v, F]
+            out[i:i + bo, j:j + bp] = _score_text_owner(plan, own, t[i:i + bo], tsi, g.tx[j:j + bp, :Fr], mj,
+                                                        vs_all.slice(j, bp))
+
+
 # --------------------------------------------------------------------------------------------------
-# public entry point
+# public entry points on encoded videos
 # --------------------------------------------------------------------------------------------------
 PAIRS_PER_BLOCK = 2**16  # per-pair tensors of one block stay cache-sized (measured on a 2-core EPYC)
 OWNERS_PER_BLOCK = 128
@@ -640,34 +912,22 @@ def _setup(scorer: PairScorer, t: Tensor, f: Tensor, video_mask: Tensor | None):
     if not supports(scorer):
         raise ValueError("the fast scorer does not cover this scorer configuration; use PairScorer.similarity")
     check_inputs(t, f, video_mask)
-    dtype = t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
+    dtype = _compute_dtype(t)
     t, f = t.to(dtype), f.to(device=t.device, dtype=dtype)
     if video_mask is not None:
         video_mask = video_mask.to(t.device).bool()
-    return _Plan(scorer, dtype, t.device), t, f, video_mask
-
-
-def _video_block(plan: _Plan, f: Tensor, mask: Tensor | None) -> tuple[_VideoStats, _Owner | None, _VideoRows]:
-    """Per-video work of one block of videos ``f [n_v, F, D]``: statistics, psi bases, product rows."""
-    vs = _video_stats(f, mask)
-    own = None
-    if plan.use_delta:
-        own = _prepare_owner(plan.layers, plan.wmu, plan.bmu, f, mask, _video_extra(plan, f, vs))
-    return vs, own, _video_rows(plan, own, f, vs)
-
-
-def _shape_info(plan: _Plan) -> tuple[int, int]:
-    return (plan.layers[0].heads, len(plan.layers)) if plan.use_delta else (1, 0)
+    return _plan_for(scorer, dtype, t.device), t, f, video_mask
 
 
 def reference_is_cheaper(scorer: PairScorer, n_texts: int, n_videos: int, frames: int,
                          words_len: int | None = None) -> bool:
-    """Whether the per-pair reference costs less than the fast path for this many texts and videos.
+    """Whether the per-pair reference costs less than the fast path for this many texts and videos
+    *whose bases are not cached yet* (with a gallery, the fast path is always cheaper).
 
-    The fast path spends about ``4 F D^2`` per context owner (a video, or a text with word context) on its
+    The fast path spends about ``6 F D^2`` per context owner (a video, or a text with word context) on its
     bases and then ``O(F D)`` per pair; the reference spends ``2 F D^2`` per owner (keys and values) and
     about ``4 D^2`` per pair. With a handful of partners per owner (a single search query against K
-    candidates) the reference is cheaper: measured crossover near ``3F/4`` partners on a 2-core CPU.
+    candidates) the reference is cheaper: crossover near ``3F/4`` partners on a 2-core CPU.
     """
     if scorer.psi is None:
         return False
@@ -683,11 +943,12 @@ def fast_similarity(scorer: PairScorer, t: Tensor, f: Tensor, video_mask: Tensor
     """Exact inference scores ``[N_t, N_v]`` (same numbers as :meth:`PairScorer.forward` in eval mode).
 
     ``t [N_t, D]`` texts, ``f [N_v, F, D]`` temporal outputs, ``video_mask [N_v, F]`` (True = valid),
-    ``words [N_t, L, D]`` + ``word_mask [N_t, L]`` for word context. Work is done in blocks so the
-    working set stays near ``memory_budget`` bytes (plus the output). Half-precision inputs are
-    computed in float32 (the LayerNorm statistics come from Gram matrices). With ``auto_reference``
-    the blockwise reference is used where it is cheaper (:func:`reference_is_cheaper`: very few texts,
-    e.g. one search query); both give the same scores.
+    ``words [N_t, L, D]`` + ``word_mask [N_t, L]`` for word context. The videos' bases are built once
+    per call, a block of videos at a time (:func:`build_gallery`), and every text is scored against
+    each block, so the working set stays near ``memory_budget`` bytes (plus the output). Half-precision
+    inputs are computed in float32 (the LayerNorm statistics come from Gram matrices). With
+    ``auto_reference`` the blockwise reference is used where it is cheaper (:func:`reference_is_cheaper`:
+    very few texts, e.g. one search query against raw features); both give the same scores.
     """
     if auto_reference and supports(scorer) and reference_is_cheaper(
             scorer, t.shape[0], f.shape[0], f.shape[1], words.shape[1] if words is not None else None):
@@ -702,64 +963,17 @@ def fast_similarity(scorer: PairScorer, t: Tensor, f: Tensor, video_mask: Tensor
     out = torch.empty(t.shape[0], f.shape[0], dtype=out_dtype, device=t.device)  # [N_t, N_v]
     if plan.use_delta and plan.cfg.context == "words":
         words, word_mask = _check_words(t, words, word_mask)
-        _similarity_words(plan, t, f, video_mask, words, word_mask, memory_budget, out)
-    else:
-        _similarity_frames(plan, t, f, video_mask, memory_budget, out)
-    return out
-
-
-def _check_words(t: Tensor, words: Tensor | None, word_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    N_t, D = t.shape
-    if words is None:
-        raise ValueError("context='words' needs the word embeddings of the texts (encode_text(..., "
-                         "return_words=True))")
-    if words.dim() != 3 or words.shape[0] != N_t or words.shape[2] != D:
-        raise ValueError(f"words must be [N_t, L, D] = [{N_t}, L, {D}], got {tuple(words.shape)}")
-    words = words.to(device=t.device, dtype=t.dtype)
-    if word_mask is not None:
-        word_mask = word_mask.to(t.device).bool()
-        if tuple(word_mask.shape) != tuple(words.shape[:2]):
-            raise ValueError(f"word mask must be [N_t, L] = {tuple(words.shape[:2])}, got {tuple(word_mask.shape)}")
-    return words, word_mask
-
-
-def _similarity_frames(plan: _Plan, t: Tensor, f: Tensor, video_mask: Tensor | None, memory_budget: int,
-                       out: Tensor) -> None:
-    """Frame context (or no Delta): videos own the basis; fills ``out [N_t, N_v]`` block by block."""
-    N_t, N_v, Fr, D = t.shape[0], f.shape[0], f.shape[1], f.shape[2]
-    heads, n_layers = _shape_info(plan)
-    ts = _text_stats(plan, t)
-    t1 = torch.cat([t, t.new_ones(N_t, 1)], dim=1)  # [N_t, D + 1]
-    bo, bp = block_sizes(N_v, N_t, D, Fr, Fr, heads, n_layers, False, t.element_size(), memory_budget)
+        _similarity_words(plan, t, _build_block(plan, f, video_mask), words, word_mask, memory_budget, out)
+        return out
+    N_v, Fr, D = f.shape
+    q, ts = _queries(plan, t), _text_stats(plan, t)
+    bo, _ = block_sizes(N_v, t.shape[0], D, Fr, Fr, plan.heads, plan.n_layers, False, t.element_size(),
+                        memory_budget)
     for j in range(0, N_v, bo):
         mj = video_mask[j:j + bo] if video_mask is not None else None  # [n_v, F]
-        vs, own, vr = _video_block(plan, f[j:j + bo], mj)
-        tz = (own.z_delta @ t.T).T if own is not None else None  # [N_t, S]: shared rows, the same for all videos
-        Q = vr.rows.shape[1]
-        for i in range(0, N_t, bp):
-            ps = ts.slice(i, bp).map(lambda x: x.view(1, 1, -1))  # [1, 1, n_p] each
-            if tz is not None:
-                ps.tz = tz[i:i + bp].T[None]  # [1, S, n_p]
-            G = (vr.rows.view(-1, D + 1) @ t1[i:i + bp].T).view(-1, Q, t1[i:i + bp].shape[0])  # [n_v, Q, n_p]
-            out[i:i + bp, j:j + bo] = _score_video_owner(plan, own, vr, mj, vs, G, ps).T
-
-
-def _similarity_words(plan: _Plan, t: Tensor, f: Tensor, video_mask: Tensor | None, words: Tensor,
-                      word_mask: Tensor | None, memory_budget: int, out: Tensor) -> None:
-    """Word context: texts own the basis (their words); fills ``out [N_t, N_v]`` block by block."""
-    N_t, N_v, Fr, D = t.shape[0], f.shape[0], f.shape[1], f.shape[2]
-    heads, n_layers = _shape_info(plan)
-    ts = _text_stats(plan, t)
-    bo, bp = block_sizes(N_t, N_v, D, Fr, words.shape[1], heads, n_layers, True, t.element_size(), memory_budget)
-    vs_all = _video_stats(f, video_mask)
-    for i in range(0, N_t, bo):
-        wm = word_mask[i:i + bo] if word_mask is not None else None  # [n_t, L]
-        own = _prepare_owner(plan.layers, plan.wmu, plan.bmu, words[i:i + bo], wm)
-        tsi = ts.slice(i, bo)  # [n_t] each
-        for j in range(0, N_v, bp):
-            mj = video_mask[j:j + bp] if video_mask is not None else None  # [n_v, F]
-            out[i:i + bo, j:j + bp] = _score_text_owner(plan, own, t[i:i + bo], tsi, f[j:j + bp], mj,
-                                                        vs_all.slice(j, bp))
+        gb = _build_block(plan, f[j:j + bo], mj)  # the block's bases, once
+        _score_dense(plan, gb, q, ts, out[:, j:j + bo], memory_budget)
+    return out
 
 
 def supports_pairs(scorer: PairScorer) -> bool:
@@ -768,56 +982,65 @@ def supports_pairs(scorer: PairScorer) -> bool:
 
 
 @torch.no_grad()
-def fast_pair_similarity(scorer: PairScorer, t: Tensor, f: Tensor, video_mask: Tensor | None, text_idx: Tensor, *,
-                         memory_budget: int = 256 * 2**20) -> Tensor:
+def fast_pair_similarity(scorer: PairScorer, t: Tensor, f: Tensor | VideoGallery, video_mask: Tensor | None,
+                         text_idx: Tensor, *, memory_budget: int = 256 * 2**20) -> Tensor:
     """Exact scores of selected pairs, grouped by video (two-stage reranking).
 
-    ``text_idx [N_v, g]`` (long): the texts to score against each video, valid entries first, ``-1``
-    for padding. Returns ``[N_v, g]`` with ``S[j, r] = s(t[text_idx[j, r]], video j)`` (NaN on
-    padding). Cost is that of the selected pairs only; videos with similar numbers of texts are
-    processed together so padding stays small.
+    ``f``: temporal outputs ``[N_v, F, D]`` (with ``video_mask``) or a gallery of ``N_v`` videos (then
+    ``video_mask`` must be None: the gallery holds it). ``text_idx [N_v, g]`` (long): the texts to
+    score against each video, valid entries first, ``-1`` for padding. Returns ``[N_v, g]`` with
+    ``S[j, r] = s(t[text_idx[j, r]], video j)`` (NaN on padding). Cost is that of the selected pairs only
+    (plus the bases of videos that have texts, when ``f`` is raw); videos with similar numbers of texts
+    are processed together so padding stays small.
     """
     if not supports_pairs(scorer):
         raise ValueError("fast_pair_similarity covers frame context only (see supports_pairs)")
     out_dtype = t.dtype
-    plan, t, f, video_mask = _setup(scorer, t, f, video_mask)
+    if isinstance(f, VideoGallery):
+        if video_mask is not None:
+            raise ValueError("a gallery holds its own frame mask; pass video_mask=None")
+        cdt = _compute_dtype(t)
+        plan = _plan_for(scorer, cdt, t.device)
+        _check_gallery(plan, f, t)
+        t = t.to(cdt)
+        N_v, Fr = len(f), f.frames
+
+        def block(vid: Tensor) -> VideoGallery:
+            return f[vid].to(t.device, cdt)
+    else:
+        plan, t, f, video_mask = _setup(scorer, t, f, video_mask)
+        N_v, Fr = f.shape[:2]
+
+        def block(vid: Tensor) -> VideoGallery:
+            return _build_block(plan, f[vid], video_mask[vid] if video_mask is not None else None)
     N_t, D = t.shape
-    N_v, Fr = f.shape[:2]
     if text_idx.dim() != 2 or text_idx.shape[0] != N_v:
         raise ValueError(f"text_idx must be [N_v, g] = [{N_v}, g], got {tuple(text_idx.shape)}")
     text_idx = text_idx.to(t.device).long()
     if bool((text_idx >= N_t).any()):
         raise ValueError(f"text_idx holds indices >= N_t = {N_t}")
-    out = torch.full(tuple(text_idx.shape), float("nan"), dtype=out_dtype, device=t.device)
-    counts = (text_idx >= 0).sum(1)
-    order = torch.argsort(counts, descending=True)
+    out = torch.full(tuple(text_idx.shape), float("nan"), dtype=out_dtype, device=t.device)  # [N_v, g]
+    counts = (text_idx >= 0).sum(1)  # [N_v]
+    order = torch.argsort(counts, descending=True)  # [N_v]
     g_max = int(counts.max()) if N_v else 0
     if g_max == 0:
         return out
-    ts = _text_stats(plan, t)
-    t1 = torch.cat([t, t.new_ones(N_t, 1)], dim=1)
-    heads, n_layers = _shape_info(plan)
-    itemsize = t.element_size()
-    bo, _ = block_sizes(N_v, 1, D, Fr, Fr, heads, n_layers, False, itemsize, memory_budget)
-    per_pair = itemsize * (Fr * 4 + heads * Fr * 12 + 64 + D + 1)
+    q, ts = _queries(plan, t), _text_stats(plan, t)
+    bo, _ = block_sizes(N_v, 1, D, Fr, Fr, plan.heads, plan.n_layers, False, t.element_size(), memory_budget)
+    per_pair = t.element_size() * (Fr * 4 + plan.heads * Fr * 12 + 64 + 3 * D + 1)
     bo = int(max(1, min(bo, GATHERED_PAIRS_PER_BLOCK // g_max, (0.4 * memory_budget) // (per_pair * g_max))))
-    tz_all = None
     for j in range(0, N_v, bo):
-        vid = order[j:j + bo]
+        vid = order[j:j + bo]  # [n_o]
         g = int(counts[vid].max())
         if g == 0:
             break
         idx = text_idx[vid, :g].clamp_min(0)  # [n_o, g]
-        flat = idx.reshape(-1)
-        mj = video_mask[vid] if video_mask is not None else None
-        vs, own, vr = _video_block(plan, f[vid], mj)
-        if own is not None and tz_all is None:
-            tz_all = (own.z_delta @ t.T).T  # [N_t, S]
+        flat = idx.reshape(-1)  # [n_o * g]
+        qg = _Queries(*(None if x is None else x.index_select(0, flat).view(*idx.shape, -1)
+                        for x in (q.t, q.qt, q.tp, q.tz)))  # [n_o, g, .] each
         ps = ts.gather(idx)  # [n_o, 1, g] each
-        if tz_all is not None:
-            ps.tz = tz_all.index_select(0, flat).view(*idx.shape, -1).transpose(1, 2)  # [n_o, S, g]
-        G = torch.bmm(vr.rows, t1.index_select(0, flat).view(*idx.shape, -1).transpose(1, 2))  # [n_o, Q, g]
-        res = _score_video_owner(plan, own, vr, mj, vs, G, ps).to(out_dtype)  # [n_o, g]
-        valid = text_idx[vid, :g] >= 0
+        tz = qg.tz.transpose(1, 2) if qg.tz is not None else None  # [n_o, S, g]
+        res = _score_block(plan, block(vid), qg, ps, tz, gathered=True).to(out_dtype)  # [n_o, g]
+        valid = text_idx[vid, :g] >= 0  # [n_o, g]
         out[vid, :g] = torch.where(valid, res, out[vid, :g])
     return out

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from ..config import Config, ModelConfig, validate
 from .backbone import ClipBackbone, make_backbone
 from .checkpoint import write_checkpoint
-from .fast_scorer import fast_similarity, supports
+from .fast_scorer import build_gallery, fast_similarity, gallery_similarity, supports
+from .gallery import VideoGallery
 from .scorer import PairScorer, ScoreOutput, check_inputs
 from .temporal import build_temporal
 from .two_stage import two_stage_similarity
@@ -28,7 +29,8 @@ class GareModel(nn.Module):
     """The GARE retrieval model.
 
     ``encode_text(texts | ids [N, L]) -> [N, D]``, ``encode_video(frames [N, F, 3, H, W], mask) -> [N, F, D]``,
-    ``similarity(t, v, video_mask) -> [N_t, N_v]`` (cosine, no logit scale, memory-bounded).
+    ``similarity(t, v, video_mask) -> [N_t, N_v]`` (cosine, no logit scale, memory-bounded),
+    ``gallery(v, video_mask)`` -> cached per-video score bases that ``similarity(t, gallery)`` scores.
     """
 
     def __init__(self, cfg: ModelConfig | None = None, backbone: ClipBackbone | None = None):
@@ -160,26 +162,60 @@ class GareModel(nn.Module):
         return self.scorer(t, v, video_mask, words, word_mask)
 
     @torch.no_grad()
-    def similarity(self, t: Tensor, v: Tensor, video_mask: Tensor | None = None, *,
+    def gallery(self, v: Tensor, video_mask: Tensor | None = None, *, dtype: torch.dtype | None = None,
+                memory_budget: int = 256 * 2**20) -> VideoGallery:
+        """The cached per-video score bases of encoded videos ``v [N, F, D]`` (``video_mask [N, F]``).
+
+        ``similarity(t, g)`` then returns the same matrix as ``similarity(t, v, video_mask)`` while each
+        text pays only its own ``(3F + 1) D`` products per video plus small contractions
+        (docs/performance.md). Stored float32 by default (``dtype=torch.float16`` halves the bytes; its
+        ranking agreement is measured in docs/performance.md). Raises ``ValueError`` for scorer options
+        the fast scorer does not cover.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            v = v.to(self.device)
+            if video_mask is not None:
+                video_mask = video_mask.to(self.device).bool()
+            return build_gallery(self.scorer, v, video_mask, dtype=dtype, memory_budget=memory_budget)
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def similarity(self, t: Tensor, v: Tensor | VideoGallery, video_mask: Tensor | None = None, *,
                    words: Tensor | None = None, word_mask: Tensor | None = None,
                    fast: bool = True, memory_budget: int = 256 * 2**20, two_stage_k: int | None = None) -> Tensor:
         """Cosine scores ``[N_t, N_v]`` (no logit scale) for embeddings computed earlier.
 
-        ``fast`` uses the exact fast scorer where it covers the configuration (falls back to the
-        blockwise reference otherwise); ``two_stage_k`` ranks by cos(t, vbar) and rescores only each
+        ``v``: temporal outputs ``[N_v, F, D]`` (with ``video_mask``) or a gallery from :meth:`gallery`
+        (it holds its mask). ``fast`` uses the exact fast scorer where it covers the configuration (falls
+        back to the blockwise reference otherwise); each video's bases are then computed once per call,
+        or never when ``v`` is a gallery. ``two_stage_k`` ranks by cos(t, vbar) and rescores only each
         text's top K videos with GARE (the others keep a score below every reranked one).
         """
         was_training = self.training
         self.eval()
         try:
             t = t.to(self.device)
-            v = v.to(self.device)
-            if video_mask is not None:
-                video_mask = video_mask.to(self.device).bool()
-            check_inputs(t, v, video_mask)
+            if isinstance(v, VideoGallery):
+                if video_mask is not None:
+                    raise ValueError("a gallery holds its own frame mask; call similarity(t, gallery) without "
+                                     "video_mask")
+                v = v.to(self.device)
+            else:
+                v = v.to(self.device)
+                if video_mask is not None:
+                    video_mask = video_mask.to(self.device).bool()
+                check_inputs(t, v, video_mask)
             if two_stage_k is not None:
                 return two_stage_similarity(self, t, v, video_mask, k=two_stage_k, words=words,
                                             word_mask=word_mask, fast=fast, memory_budget=memory_budget)
+            if isinstance(v, VideoGallery):
+                if fast:
+                    return gallery_similarity(self.scorer, t, v, words=words, word_mask=word_mask,
+                                              memory_budget=memory_budget)
+                v, video_mask = v.frames_and_mask()
             if fast and supports(self.scorer):
                 return fast_similarity(self.scorer, t, v, video_mask, words=words, word_mask=word_mask,
                                        memory_budget=memory_budget)

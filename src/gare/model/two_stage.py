@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .fast_scorer import fast_pair_similarity, fast_similarity, gallery_similarity, supports, supports_pairs
+from .gallery import VideoGallery
 from .scorer import masked_mean
 
 log = logging.getLogger(__name__)
@@ -25,9 +27,10 @@ log = logging.getLogger(__name__)
 OUTSIDE_OFFSET = 3.0  # non-reranked pairs score (stage-1 cosine - 3) < -1 <= any reranked cosine
 
 
-def stage1_similarity(t: Tensor, v: Tensor, video_mask: Tensor | None = None) -> Tensor:
-    """``cos(t_i, vbar_j)`` ``[N_t, N_v]`` for ``t [N_t, D]``, ``v [N_v, F, D]``, ``video_mask [N_v, F]``."""
-    vbar = masked_mean(v, video_mask)
+def stage1_similarity(t: Tensor, v: Tensor | VideoGallery, video_mask: Tensor | None = None) -> Tensor:
+    """``cos(t_i, vbar_j)`` ``[N_t, N_v]`` for ``t [N_t, D]``, ``v [N_v, F, D]``, ``video_mask [N_v, F]``
+    (or a gallery, whose ``vbar`` is stored)."""
+    vbar = v.vbar.to(t.dtype) if isinstance(v, VideoGallery) else masked_mean(v, video_mask)  # [N_v, D]
     return F.normalize(t, dim=-1) @ F.normalize(vbar, dim=-1).T
 
 
@@ -49,17 +52,19 @@ def candidates_by_video(cand: Tensor, n_videos: int) -> Tensor:
 
 
 @torch.no_grad()
-def two_stage_similarity(model, t: Tensor, v: Tensor, video_mask: Tensor | None = None, *, k: int,
+def two_stage_similarity(model, t: Tensor, v: Tensor | VideoGallery, video_mask: Tensor | None = None, *, k: int,
                          words: Tensor | None = None, word_mask: Tensor | None = None, fast: bool = True,
                          memory_budget: int = 256 * 2**20) -> Tensor:
     """Scores ``[N_t, N_v]``: exact GARE scores on each text's top ``k`` videos by ``cos(t_i, vbar_j)``,
     ``cos(t_i, vbar_j) - 3`` elsewhere. ``k >= N_v`` gives the exhaustive matrix.
 
-    ``model``: a :class:`~gare.model.gare.GareModel` (its ``scorer`` is used in eval mode).
+    ``model``: a :class:`~gare.model.gare.GareModel` (its ``scorer`` is used in eval mode). ``v``: temporal
+    outputs ``[N_v, F, D]`` or a gallery (``model.gallery(v, video_mask)``; the rerank then slices the
+    cached bases of the candidates instead of computing them).
     """
     if k < 1:
         raise ValueError(f"two-stage K must be >= 1, got {k}")
-    N_v = v.shape[0]
+    N_v = len(v) if isinstance(v, VideoGallery) else v.shape[0]
     if k >= N_v:
         return model.similarity(t, v, video_mask, words=words, word_mask=word_mask, fast=fast,
                                 memory_budget=memory_budget)
@@ -76,24 +81,31 @@ def two_stage_similarity(model, t: Tensor, v: Tensor, video_mask: Tensor | None 
         scorer.train(was_training)
 
 
-def _rerank(out: Tensor, scorer, t: Tensor, v: Tensor, video_mask: Tensor | None, cand: Tensor,
+def _rerank(out: Tensor, scorer, t: Tensor, v: Tensor | VideoGallery, video_mask: Tensor | None, cand: Tensor,
             words: Tensor | None, word_mask: Tensor | None, fast: bool, memory_budget: int) -> None:
     """Write the exact scores of the pairs ``(i, cand[i, r])`` into ``out [N_t, N_v]``."""
-    from .fast_scorer import fast_pair_similarity, fast_similarity, supports, supports_pairs
-
     N_t = cand.shape[0]
-    N_v = v.shape[0]
+    N_v = len(v) if isinstance(v, VideoGallery) else v.shape[0]
     if fast and supports_pairs(scorer):
         by_video = candidates_by_video(cand, N_v)  # [N_v, g]
-        s = fast_pair_similarity(scorer, t, v, video_mask, by_video, memory_budget=memory_budget)
+        s = fast_pair_similarity(scorer, t, v, video_mask, by_video, memory_budget=memory_budget)  # [N_v, g]
         valid = by_video >= 0
         vids = torch.arange(N_v, device=cand.device)[:, None].expand_as(by_video)[valid]
         out[by_video[valid], vids] = s[valid].to(out.dtype)
         return
+    use_fast = fast and supports(scorer)
+    if isinstance(v, VideoGallery) and use_fast:  # word context: the cached video side of each text's candidates
+        for i in range(N_t):
+            wi = words[i:i + 1] if words is not None else None
+            wmi = word_mask[i:i + 1] if word_mask is not None else None
+            s = gallery_similarity(scorer, t[i:i + 1], v[cand[i]], words=wi, word_mask=wmi, memory_budget=memory_budget)
+            out[i, cand[i]] = s[0].to(out.dtype)
+        return
+    if isinstance(v, VideoGallery):
+        v, video_mask = v.frames_and_mask()
     # the other cases score exactly the K * N_t needed pairs, one psi context at a time: frame context
     # (reference scorer) video by video against the texts that picked it, word context text by text
     # against its K candidate videos
-    use_fast = fast and supports(scorer)
     if scorer.psi is None or scorer.cfg.context == "frames":
         by_video = candidates_by_video(cand, N_v)
         for j in range(N_v):
