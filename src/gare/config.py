@@ -147,6 +147,7 @@ class TrainConfig:
     diagnostics: bool = False  # tension diagnostics at each logged step
     eval_batch_size: int = 64
     tensorboard: bool = True
+    threads: int = 0  # torch intra-op threads (0: from the free cores, gare.threads; GARE_THREADS overrides)
 
 
 @dataclass

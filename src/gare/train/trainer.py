@@ -25,6 +25,7 @@ from ..model.factory import load_model
 from ..model.gare import GareModel
 from ..model.weights import load_state_dict_strict
 from ..objectives import gare_loss
+from ..threads import apply_threads
 from .checkpoint import load_training_state, save_training_checkpoint
 from .data import EpochSampler, SeededItems, make_loader, resolve_data, train_pairs
 from .optim import build_optimizer, current_lr
@@ -70,6 +71,8 @@ class Trainer:
             raise ConfigError(f"train.batch_size={tc.batch_size} must be divisible by the {self.dist.world_size} ranks")
         self.run_dir = Path(tc.output_dir)
         self.show_progress = show_progress and self.dist.is_main
+        if self.device.type == "cpu":
+            apply_threads(tc.threads)
         torch.manual_seed(tc.seed)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
