@@ -45,10 +45,17 @@ def cmd_demo(a) -> int:
 
 
 def cmd_convert(a) -> int:
+    import yaml
+
+    from .config import ConfigError
     from .model.convert import OFFICIAL_POOL_TEMPERATURE
     from .model.factory import load_model
 
-    overrides = dict(kv.split("=", 1) for kv in a.overrides)
+    bad = [kv for kv in a.overrides if "=" not in kv]
+    if bad:
+        raise ConfigError(f"gare convert: override {bad[0]!r} must look like key=value (e.g. pool_temperature=3)")
+    # values as YAML scalars or mappings (backbone__arch_cfg={embed_dim: 512, ...})
+    overrides = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in a.overrides)}
     if a.pool_temperature is not None:
         overrides["pool_temperature"] = a.pool_temperature
     model = load_model(a.src, device="cpu", compat=a.compat, dataset=a.dataset, **overrides)

@@ -326,7 +326,7 @@ def gare_loss(
         if cfg.use_radius and cfg.lambda_eps != 0:
             if cfg.radius_plain_zero:  # the release: below -lambda the term is the number 0 (host sync)
                 r = radius_loss(delta, None)
-                if cfg.eps_truncate is not None and float(r) < -float(cfg.eps_truncate):
+                if cfg.eps_truncate is not None and float(r.detach()) < -float(cfg.eps_truncate):
                     r = zero
                 terms["radius"] = r
             else:

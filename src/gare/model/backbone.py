@@ -156,11 +156,13 @@ class ClipBackbone(nn.Module):
         proj = c.text_projection
         out = x[torch.arange(x.shape[0], device=x.device), eot]
         out = c.text_projection(out) if isinstance(proj, nn.Linear) else out @ proj
+        if self.fp16:
+            out = out.float()
         if not return_words:
             return out
         words = c.text_projection(x) if isinstance(proj, nn.Linear) else x @ proj
         word_mask = torch.arange(L, device=ids.device)[None, :] <= eot[:, None]
-        return out, words, word_mask
+        return out, (words.float() if self.fp16 else words), word_mask
 
     # -- video ------------------------------------------------------------------------------
     def encode_frames(self, frames: Tensor, mask: Tensor | None = None) -> Tensor:
