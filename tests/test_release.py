@@ -180,9 +180,8 @@ def test_conv1_frozen_through_three_release_steps():
 
 @pytest.mark.slow
 def test_trainer_in_release_mode(shapes_dir, tmp_path):
-    from gare.train.trainer import Trainer
-
     from conftest import MICRO_ARCH
+    from gare.train.trainer import Trainer
 
     cfg = load_config(None, ["compat=release", MICRO_ARCH, "data.dataset=synthetic", f"data.videos={shapes_dir}",
                              "data.max_frames=4", "data.framerate=2", "data.workers=0", "data.augment=false",
