@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import Reader, ReaderContext, Split, VideoItem, first_existing, holdout, need, read_json, read_list
+from .base import Reader, ReaderContext, Split, first_existing, need, read_json, read_list, train_or_val
 
 NAME = "activitynet"
 
@@ -48,13 +48,7 @@ def read(ann: Path, split: str, ctx: ReaderContext, *, test_file="val_1", val_si
     listed = len(ids)
     annotated_total = sum(1 for i in ids if i in data)
     if split != "test":
-        held = holdout([i for i in ids if i in data], val_size, val_seed)
-        if split == "val":
-            if not held:
-                raise ValueError("ActivityNet has no validation split with val_size=0; set val_size > 0")
-            ids = [i for i in ids if i in held]
-        else:
-            ids = [i for i in ids if i not in held]
+        ids = train_or_val(ids, split, val_size, val_seed, dataset="ActivityNet", pool=[i for i in ids if i in data])
         listed = len(ids)
     items = []
     for pid in ids:
@@ -68,13 +62,11 @@ def read(ann: Path, split: str, ctx: ReaderContext, *, test_file="val_1", val_si
             sents = sorted(sents, key=lambda x: x[0][0])
         caps = [c for k, (_t, s) in enumerate(sents)
                 if (c := ctx.caption(s, pid, f"{jpath.name}[{pid!r}] sentence {k}")) is not None]
-        if not caps:
-            ctx.bad("no_captions", pid, "every sentence of the video is empty or invalid")
-            continue
         yid = pid[2:] if pid.startswith("v_") else pid
-        p = ctx.resolve(pid, [pid, yid], f"{pid}.mp4")
-        if p is not None:
-            items.append(VideoItem(pid, p, caps, start=None, end=None))
+        it = ctx.video_item(pid, caps, [pid, yid], f"{pid}.mp4", kind="no_captions",
+                            missing="every sentence of the video is empty or invalid")
+        if it is not None:
+            items.append(it)
     meta = {"files": files, "test_file": test_file, "val_size": val_size, "val_seed": val_seed,
             "order": order, "annotated_total": annotated_total}
     return ctx.finish(items, listed, "paragraph", meta, max_bad_fraction)

@@ -239,6 +239,16 @@ class ReaderContext:
             return None
         return str(p)
 
+    def video_item(self, video_id: str, captions: list[str], candidates: Iterable[str], default_name: str, *,
+                   missing: str, kind: str = "no_annotation") -> VideoItem | None:
+        """The :class:`VideoItem` of a listed video, or None when it cannot be used: without captions (recorded
+        as ``kind`` with the reason ``missing``) or without a usable file (recorded by :meth:`resolve`)."""
+        if not captions:
+            self.bad(kind, video_id, missing)
+            return None
+        p = self.resolve(video_id, candidates, default_name)
+        return None if p is None else VideoItem(video_id, p, list(captions))
+
     def new_entries(self) -> list[dict]:
         """Entries this reader call recorded (those of its split after the ones present at the start)."""
         return [e for e in self.report.all_entries() if e.get("split") == self.tag][self.n_bad_before:]
@@ -321,6 +331,18 @@ def first_existing(*paths: Path | None) -> Path | None:
         if p is not None and p.exists():
             return p
     return None
+
+
+def train_or_val(ids: list[str], split: str, val_size: int, seed: int, *, dataset: str,
+                 pool: list[str] | None = None) -> list[str]:
+    """``ids`` of the training split ("train") or of its validation hold-out ("val"): a seeded set of
+    ``val_size`` ids drawn from ``pool`` (default ``ids``), see :func:`holdout`."""
+    held = holdout(ids if pool is None else pool, val_size, seed)
+    if split == "val":
+        if not held:
+            raise ValueError(f"{dataset} has no validation split with val_size=0; set val_size > 0")
+        return [i for i in ids if i in held]
+    return [i for i in ids if i not in held]
 
 
 def holdout(ids: list[str], val_size: int, seed: int) -> set[str]:

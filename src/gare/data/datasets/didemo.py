@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Reader, ReaderContext, Split, VideoItem, need, read_json, read_list, read_text
+from .base import Reader, ReaderContext, Split, need, read_json, read_list, read_text
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +65,13 @@ def read(ann: Path, split: str, ctx: ReaderContext, *, order="json", max_bad_fra
     files = [str(lpath)] + ann_files
     items = []
     for name in names:
-        descs = by_video.get(name)
-        if not descs:
-            ctx.bad("no_annotation", name, f"no description for {name} in {Path(files[-1]).name}")
-            continue
+        descs = by_video.get(name, [])
         if order == "time":
             descs = sorted(descs, key=lambda d: d[0])  # stable: ties keep file order
-        stem = os.path.splitext(name)[0]
-        p = ctx.resolve(name, [name, stem], name)
-        if p is not None:
-            items.append(VideoItem(name, p, [d[1] for d in descs]))
+        it = ctx.video_item(name, [d[1] for d in descs], [name, os.path.splitext(name)[0]], name,
+                            missing=f"no description for {name} in {Path(files[-1]).name}")
+        if it is not None:
+            items.append(it)
     meta = {"files": files, "order": order, "annotated_total": sum(1 for n in names if by_video.get(n))}
     return ctx.finish(items, len(names), "paragraph", meta, max_bad_fraction)
 

@@ -11,7 +11,7 @@ import csv
 import io
 from pathlib import Path
 
-from .base import Reader, ReaderContext, Split, VideoItem, first_existing, holdout, need, read_json, read_text
+from .base import Reader, ReaderContext, Split, VideoItem, first_existing, need, read_json, read_text, train_or_val
 
 NAME = "msrvtt"
 
@@ -95,24 +95,11 @@ def read(ann: Path, split: str, ctx: ReaderContext, *, train_list="9k", test_lis
     else:
         ids, lpath = _video_list(ann, train_list, "train")
         full = ids
-        held = holdout(ids, val_size, val_seed)
-        if split == "val":
-            if not held:
-                raise ValueError("MSR-VTT has no validation split with val_size=0; set val_size > 0")
-            ids = [v for v in ids if v in held]
-        else:
-            ids = [v for v in ids if v not in held]
+        ids = train_or_val(ids, split, val_size, val_seed, dataset="MSR-VTT")
         protocol = "all" if (split == "train" or test_list == "full") else "single"
     caps, jpath = _sentences(ann, data_json, ctx)
-    items = []
-    for vid in ids:
-        c = caps.get(vid)
-        if not c:
-            ctx.bad("no_annotation", vid, f"no caption for {vid} in {jpath.name}")
-            continue
-        p = ctx.resolve(vid, [vid], f"{vid}.mp4")
-        if p is not None:
-            items.append(VideoItem(vid, p, list(c)))
+    items = [it for vid in ids if (it := ctx.video_item(vid, caps.get(vid, []), [vid], f"{vid}.mp4",
+                                                        missing=f"no caption for {vid} in {jpath.name}"))]
     meta["files"] = [str(lpath), str(jpath)]
     meta["annotated_total"] = sum(1 for v in full if caps.get(v))
     return ctx.finish(items, len(ids), protocol, meta, max_bad_fraction)

@@ -13,7 +13,6 @@ from .base import (
     ReaderContext,
     RestrictedUnpickler,
     Split,
-    VideoItem,
     first_existing,
     need,
     read_json,
@@ -51,12 +50,10 @@ def read(ann: Path, split: str, ctx: ReaderContext, *, captions=None, max_bad_fr
             continue
         caps = [c for k, t in enumerate(data[vid])
                 if (c := ctx.caption(t, vid, f"{cpath.name}[{vid!r}][{k}]")) is not None]
-        if not caps:
-            ctx.bad("no_captions", vid, "every caption of the video is empty or invalid")
-            continue
-        p = ctx.resolve(vid, [vid], f"{vid}.avi")
-        if p is not None:
-            items.append(VideoItem(vid, p, caps))
+        it = ctx.video_item(vid, caps, [vid], f"{vid}.avi", kind="no_captions",
+                            missing="every caption of the video is empty or invalid")
+        if it is not None:
+            items.append(it)
     meta = {"files": [str(lpath), str(cpath)], "annotated_total": sum(1 for v in ids if v in data)}
     return ctx.finish(items, len(ids), "all", meta, max_bad_fraction)
 
