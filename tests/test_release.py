@@ -21,7 +21,7 @@ from gare.config import BackboneConfig, ModelConfig, TemporalConfig, load_config
 from gare.model.gare import GareModel
 from gare.objectives import gare_loss, info_nce
 from gare.train import build_optimizer
-from gare.train import distributed as du
+from gare import distributed as du
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -369,6 +369,7 @@ def _ddp_worker(rank: int, world: int, port: int, path: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes: ~15 s idle, ~40 s on a loaded machine
 def test_two_gloo_ranks_release_gather_gives_towers_1_over_w():
     import socket
 
