@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import gare
+from gare import distributed as du
 from gare.config import BackboneConfig, ModelConfig, TemporalConfig, load_config
 from gare.model.gare import GareModel
 from gare.objectives import gare_loss, info_nce
 from gare.train import build_optimizer
-from gare import distributed as du
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
