@@ -34,6 +34,19 @@ def test_add_data_commands_wires_three_subcommands():
                                            "--annotations", "a", "--out", "o"]).func)
 
 
+def test_gare_cli_has_the_data_commands():
+    from gare.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["data", "synth", "out", "--videos", "12"])
+    assert (args.data_command, args.out, args.videos, args.func.__name__) == ("synth", "out", 12, "cmd_synth")
+    args = parser.parse_args(["data", "cache", "--dataset", "msvd", "--split", "val", "--annotations", "a",
+                              "--out", "s", "--decoder", "opencv"])
+    assert (args.data_command, args.dataset, args.decoder, args.func.__name__) == ("cache", "msvd", "opencv",
+                                                                                  "cmd_cache")
+    assert parser.parse_args(["data", "compress", "a", "b"]).func.__name__ == "cmd_compress"
+
+
 def test_module_main_synth_and_cache(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "d"), "--videos", "12", "--seed", "1", "--workers", "1"]) == 0
     ann = tmp_path / "d" / "annotations.jsonl"

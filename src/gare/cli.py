@@ -153,9 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="dataset tools")
     dsub = data.add_subparsers(dest="data_command", required=True)
     try:
-        from .data.commands import add_data_commands
+        from .data.commands import add_data_subcommands
 
-        add_data_commands(dsub)
+        add_data_subcommands(dsub)  # gare data synth / compress / cache
     except ImportError as exc:  # pragma: no cover - the data layer is part of the package
         log.debug("data commands unavailable: %s", exc)
     f = dsub.add_parser("features", help="extract frozen CLIP features for cached-feature training")

@@ -37,11 +37,12 @@ def add_data_commands(subparsers) -> argparse.ArgumentParser:
                               description="Data preparation: synth, compress, cache.")
     sub = p.add_subparsers(dest="data_command", metavar="{synth,compress,cache}")
     sub.required = True
-    _add_subcommands(sub)
+    add_data_subcommands(sub)
     return p
 
 
-def _add_subcommands(sub) -> None:
+def add_data_subcommands(sub) -> None:
+    """Add ``synth``, ``compress`` and ``cache`` to the sub-parsers of an existing ``data`` command."""
     s = sub.add_parser("synth", help="generate the moving-shapes dataset (mp4 + annotations.jsonl)")
     s.add_argument("out", help="output folder")
     s.add_argument("--videos", type=int, default=1000, help="number of videos (default 1000)")
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gare.data.commands", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="data_command", metavar="{synth,compress,cache}")
     sub.required = True
-    _add_subcommands(sub)
+    add_data_subcommands(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return int(args.func(args) or 0)
