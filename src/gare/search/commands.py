@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 import torch
@@ -28,10 +29,12 @@ def cmd_index(a) -> int:
     try:
         report = build_index(a.video_dir, a.model, a.out, update=a.update, framerate=a.framerate,
                              max_frames=a.max_frames, decoder=a.decoder, dtype=a.dtype, batch_size=a.batch_size,
-                             workers=a.workers, device=_device(a.device), follow_symlinks=a.follow_symlinks,
-                             progress=not a.no_progress)
+                             workers=a.workers, device=_device(a.device), flush_every=a.flush_every,
+                             follow_symlinks=a.follow_symlinks, progress=not a.no_progress)
     except ValueError as e:  # SearchIndexError, IndexMismatchError, bad options
         return _fail(str(e))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: rank 0 merged and reports for everyone
+        return 0
     if a.json:
         print(json.dumps(vars(report), indent=2))
     else:
@@ -90,7 +93,8 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
 
 def add_search_commands(sub) -> None:
     """Add ``index``, ``search`` and ``serve`` to the ``gare`` sub-parsers."""
-    i = sub.add_parser("index", help="encode every video of a folder into a search index (resumable)")
+    i = sub.add_parser("index", help="encode every video of a folder into a search index (resumable; under "
+                                     "torchrun, every process encodes a share)")
     i.add_argument("video_dir", help="folder searched recursively for video files")
     i.add_argument("--model", required=True, help="gare checkpoint (.safetensors) or run folder")
     i.add_argument("--out", required=True, help="index folder (an existing index there is resumed)")
@@ -104,6 +108,8 @@ def add_search_commands(sub) -> None:
                    help="stored frame embeddings: float32 (exact) or float16 (half the size, slightly less exact)")
     i.add_argument("--batch-size", type=int, default=16)
     i.add_argument("--workers", type=int, default=2, help="decoding threads")
+    i.add_argument("--flush-every", type=int, default=256,
+                   help="videos encoded between two saves (what an interrupted run keeps)")
     i.add_argument("--device", default="auto", help="cpu, cuda or auto")
     i.add_argument("--follow-symlinks", action="store_true",
                    help="also index files that symbolic links lead to outside VIDEO_DIR (default: skip them)")

@@ -13,6 +13,7 @@ a model or sampling settings other than the ones it was built with (:class:`Inde
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -21,12 +22,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..data.video import FrameTransform, iter_video_files
@@ -39,18 +42,21 @@ from .store import (
     INDEX_FORMAT,
     SHARD_DIR,
     THUMB_DIR,
+    Damaged,
+    Encoded,
     FolderLock,
     IndexMismatchError,
     IndexSettings,
     SearchIndexError,
+    StagingWriter,
     checkpoint_sampling,
     cleanup,
     compact,
     connect,
     file_sha256,
+    merge_staged,
     read_meta,
-    write_shard,
-    write_thumb,
+    read_staged,
 )
 
 log = logging.getLogger(__name__)
@@ -124,12 +130,74 @@ def _is_under(path: Path, folder: Path) -> bool:
 
 
 # ------------------------------------------------------------------------------------------- building
+@dataclass
+class Ranks:
+    """Where this process stands in a build: rank ``rank`` of ``world`` (1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # this build started the process group (and ends it)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, todo: list) -> list:
+        """This rank's disjoint, deterministic share of the (path-sorted) work list: every world-th item."""
+        return todo[self.rank::self.world]
+
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every rank."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj) -> list:
+        """Every rank's ``obj`` (in rank order) on rank 0; None elsewhere."""
+        if self.world == 1:
+            return [obj]
+        boxes = [None] * self.world if self.is_main else None
+        dist.gather_object(obj, boxes, dst=0)
+        return boxes
+
+
+def join_ranks() -> Ranks:
+    """Under torchrun (``WORLD_SIZE`` > 1) join the process group, else a single process.
+
+    The build exchanges only small Python objects (the work list, counts), so the group uses gloo even when
+    the ranks encode on GPUs; it waits up to a day at the final barrier for the slowest rank."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not dist.is_available():
+        return Ranks()
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group(backend="gloo", timeout=datetime.timedelta(days=1))
+    return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
+
+
+def _rank_device(device: str, ranks: Ranks) -> str:
+    if ranks.world > 1 and device == "cuda":
+        return f"cuda:{ranks.local_rank}"
+    return device
+
+
 def build_index(video_dir: str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike, *,
                 update: bool = False, framerate: float | None = None, max_frames: int | None = None,
                 decoder: str | None = None, dtype: str = "float32", batch_size: int = 16, workers: int = 2,
                 device: str = "cpu", flush_every: int = 256, thumb_frames: int = 6, thumb_height: int = 96,
                 follow_symlinks: bool = False, progress: bool = False) -> IndexReport:
     """Index (or resume / update the index of) every video file under ``video_dir``.
+
+    Under ``torchrun --nproc_per_node=N [--nnodes=M ...]`` every process runs this same call: rank 0 plans
+    (which files are new or changed), each rank encodes every N-th file of the path-sorted list into its own
+    staging files, and rank 0 merges them into the index. Videos get their ids in path order at the merge,
+    so the index is the one a single process builds (same ids; the same embeddings up to the last bits that
+    the encoder's batch composition changes). A rank that dies loses only its unflushed videos: run the same
+    command again (with any number of processes). ``out`` and ``video_dir`` must be the same paths on every
+    machine (a shared file system).
 
     Args:
         video_dir: folder searched recursively for video files.
@@ -141,76 +209,125 @@ def build_index(video_dir: str | os.PathLike, model: str | os.PathLike, out: str
         dtype: storage type of the frame embeddings: "float32" (default; search scores equal the evaluation
             protocol's) or "float16" (half the size; rounding can reorder close scores).
         batch_size: videos per encoder call. workers: decoding threads. flush_every: videos per commit.
+        device: "cpu", "cuda" (under torchrun: each rank its ``LOCAL_RANK`` GPU) or "cuda:K".
         follow_symlinks: also index files that symbolic links lead to outside ``video_dir`` (and enter linked
             folders). Off by default: a link out of the folder is listed in the report and skipped, and
             ``gare serve`` refuses to serve a file whose real path has left the folder since indexing.
-        progress: show a progress bar on stderr.
+        progress: show a progress bar on stderr (rank 0 only).
+
+    Returns:
+        The report (on ranks other than 0: only ``added`` / ``new_damaged`` of that rank's share).
 
     Raises:
         FileNotFoundError: missing video folder or checkpoint.
         IndexMismatchError: ``out`` holds an index built with another model, settings or folder.
     """
+    ranks = join_ranks()
+    try:
+        return _build(ranks, video_dir, model, out, update=update, framerate=framerate, max_frames=max_frames,
+                      decoder=decoder, dtype=dtype, batch_size=batch_size, workers=workers,
+                      device=_rank_device(device, ranks), flush_every=flush_every, thumb_frames=thumb_frames,
+                      thumb_height=thumb_height, follow_symlinks=follow_symlinks, progress=progress)
+    finally:
+        if ranks.owns_group:
+            dist.destroy_process_group()
+
+
+@dataclass
+class _Plan:
+    """What rank 0 sends every rank: the settings and the work list (or the error that stops the build)."""
+
+    settings: IndexSettings | None = None
+    todo: list[tuple[Path, str]] = field(default_factory=list)
+    error: BaseException | None = None
+
+
+def _build(ranks: Ranks, video_dir, model, out, *, update: bool, framerate, max_frames, decoder, dtype: str,
+           batch_size: int, workers: int, device: str, flush_every: int, thumb_frames: int, thumb_height: int,
+           follow_symlinks: bool, progress: bool) -> IndexReport:
     t0 = time.perf_counter()
-    root = Path(video_dir).resolve()
-    if not root.is_dir():
-        raise FileNotFoundError(f"video folder not found: {video_dir}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    ckpt = resolve_checkpoint(model)
+    out = Path(out).resolve()
+    report = IndexReport(index_dir=str(out))
+    if not ranks.is_main:
+        plan = ranks.broadcast(None)
+        if plan.error is not None:
+            raise plan.error
+        ckpt = resolve_checkpoint(model)
+        _encode_share(ranks, out, ckpt, plan, report, device=device, batch_size=batch_size, workers=workers,
+                      flush_every=flush_every, thumb_frames=thumb_frames, thumb_height=thumb_height, progress=False)
+        ranks.gather((report.added, report.new_damaged))
+        return report
+
+    with ExitStack() as stack:
+        try:
+            root = Path(video_dir).resolve()
+            if not root.is_dir():
+                raise FileNotFoundError(f"video folder not found: {video_dir}")
+            if dtype not in DTYPES:
+                raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+            ckpt = resolve_checkpoint(model)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / SHARD_DIR).mkdir(exist_ok=True)
+            (out / THUMB_DIR).mkdir(exist_ok=True)
+            stack.enter_context(FolderLock(out))
+            con = stack.enter_context(closing(connect(out / DB_NAME)))
+            settings = _settings(con, out, root, ckpt, framerate, max_frames, decoder, dtype, device)
+            cleanup(con, out)
+            with con:
+                con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('follow_symlinks', ?)",
+                            ("1" if follow_symlinks else "0",))
+            files = iter_video_files(root, followlinks=follow_symlinks)
+            todo, on_disk = _plan(con, out, root, files, update, report, follow_symlinks=follow_symlinks)
+            plan = _Plan(settings, todo)
+        except BaseException as e:  # every rank stops, with the same error
+            ranks.broadcast(_Plan(error=e))
+            raise
+        ranks.broadcast(plan)
+        log.info("index %s: %d file(s) to encode on %d process(es), %d unchanged", out, len(todo), ranks.world,
+                 report.unchanged)
+        try:
+            _encode_share(ranks, out, ckpt, plan, report, device=device, batch_size=batch_size, workers=workers,
+                          flush_every=flush_every, thumb_frames=thumb_frames, thumb_height=thumb_height,
+                          progress=progress)
+        except KeyboardInterrupt:
+            if ranks.world == 1:  # alone: what was staged goes into the index now
+                merge_staged(con, out, on_disk)
+            raise
+        ranks.gather((report.added, report.new_damaged))  # also the barrier: every rank has staged its share
+        report.added, report.new_damaged = merge_staged(con, out, on_disk)
+        compact(con, out)
+        report.total = con.execute("SELECT COUNT(*) FROM videos").fetchone()[0]
+        report.damaged = [{"path": p, "kind": k, "reason": r} for p, k, r in
+                          con.execute("SELECT path, kind, reason FROM damaged ORDER BY path")]
+    report.seconds = time.perf_counter() - t0
+    if report.damaged:
+        log.warning("%d damaged file(s) were not indexed (listed in the report)", len(report.damaged))
+    return report
+
+
+def _settings(con: sqlite3.Connection, out: Path, root: Path, ckpt: Path, framerate, max_frames, decoder,
+              dtype: str, device: str) -> IndexSettings:
+    """The settings of the index in ``con``: checked against the ones asked for, or recorded for a new index."""
     model_id = file_sha256(ckpt)
     samp = {"framerate": 1.0, "max_frames": 12, "decoder": "pyav"}
     samp.update(checkpoint_sampling(ckpt))
     for k, v in (("framerate", framerate), ("max_frames", max_frames), ("decoder", decoder)):
         if v is not None:
             samp[k] = v
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SHARD_DIR).mkdir(exist_ok=True)
-    (out / THUMB_DIR).mkdir(exist_ok=True)
-    report = IndexReport(index_dir=str(out))
-
-    with FolderLock(out):
-        con = connect(out / DB_NAME)
-        try:
-            meta = read_meta(con)
-            if meta:
-                _check_existing(meta, out, root, model_id, samp, dtype)
-            gmodel = None
-            if meta:  # everything was checked against the stored settings: the model loads only if needed
-                settings = IndexSettings.from_dict(json.loads(meta["settings"]))
-            else:
-                gmodel = load_model(ckpt, device=device)
-                settings = IndexSettings(model_id=model_id, embed_dim=gmodel.embed_dim,
-                                         image_size=gmodel.image_size, framerate=float(samp["framerate"]),
-                                         max_frames=int(samp["max_frames"]), decoder=str(samp["decoder"]),
-                                         dtype=dtype)
-                with con:
-                    con.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [
-                        ("format", INDEX_FORMAT), ("root", str(root)), ("model_path", str(ckpt)),
-                        ("settings", json.dumps(asdict(settings))), ("created", time.strftime("%Y-%m-%dT%H:%M:%S")),
-                    ])
-            cleanup(con, out)
-            with con:
-                con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('follow_symlinks', ?)",
-                            ("1" if follow_symlinks else "0",))
-            files = iter_video_files(root, followlinks=follow_symlinks)
-            todo = _plan(con, out, root, files, update, report, follow_symlinks=follow_symlinks)
-            log.info("index %s: %d file(s) to encode, %d unchanged", out, len(todo), report.unchanged)
-            if todo and gmodel is None:
-                gmodel = load_model(ckpt, device=device)  # same file (sha256 checked), so same dimensions
-            _encode_all(con, out, gmodel, settings, todo, report, batch_size=batch_size, workers=workers,
-                        flush_every=flush_every, thumb_frames=thumb_frames, thumb_height=thumb_height,
-                        progress=progress)
-            compact(con, out)
-            report.total = con.execute("SELECT COUNT(*) FROM videos").fetchone()[0]
-            report.damaged = [{"path": p, "kind": k, "reason": r} for p, k, r in
-                              con.execute("SELECT path, kind, reason FROM damaged ORDER BY path")]
-        finally:
-            con.close()
-    report.seconds = time.perf_counter() - t0
-    if report.damaged:
-        log.warning("%d damaged file(s) were not indexed (listed in the report)", len(report.damaged))
-    return report
+    meta = read_meta(con)
+    if meta:
+        _check_existing(meta, out, root, model_id, samp, dtype)
+        return IndexSettings.from_dict(json.loads(meta["settings"]))
+    gmodel = load_model(ckpt, device=device)  # a new index records the model's dimensions
+    settings = IndexSettings(model_id=model_id, embed_dim=gmodel.embed_dim, image_size=gmodel.image_size,
+                             framerate=float(samp["framerate"]), max_frames=int(samp["max_frames"]),
+                             decoder=str(samp["decoder"]), dtype=dtype)
+    with con:
+        con.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [
+            ("format", INDEX_FORMAT), ("root", str(root)), ("model_path", str(ckpt)),
+            ("settings", json.dumps(asdict(settings))), ("created", time.strftime("%Y-%m-%dT%H:%M:%S")),
+        ])
+    return settings
 
 
 def _mismatch_message(out: Path, diff: list[str]) -> str:
@@ -239,8 +356,9 @@ def _check_existing(meta: dict, out: Path, root: Path, model_id: str, samp: dict
 
 
 def _plan(con: sqlite3.Connection, out: Path, root: Path, files: Iterable[Path], update: bool,
-          report: IndexReport, *, follow_symlinks: bool) -> list[tuple[Path, str]]:
-    """Compare the folder with the index; apply removals (``update``); return the files to encode."""
+          report: IndexReport, *, follow_symlinks: bool) -> tuple[list[tuple[Path, str]], dict[str, tuple[int, int]]]:
+    """Compare the folder with the index and with what an interrupted build staged; apply removals
+    (``update``). Returns the files to encode, sorted by path, and every file on disk (path -> size, mtime)."""
     on_disk: dict[str, tuple[Path, int, int]] = {}
     for p in files:
         real = p.resolve()
@@ -256,6 +374,8 @@ def _plan(con: sqlite3.Connection, out: Path, root: Path, files: Iterable[Path],
         on_disk[p.relative_to(root).as_posix()] = (p, st.st_size, st.st_mtime_ns)
     indexed = {r[0]: (r[1], r[2], r[3]) for r in con.execute("SELECT path, id, size, mtime_ns FROM videos")}
     damaged = {r[0]: (r[1], r[2]) for r in con.execute("SELECT path, size, mtime_ns FROM damaged")}
+    staged_rows, staged_damaged = read_staged(out)
+    staged = {(r.path, r.size, r.mtime_ns) for r in staged_rows} | {(d[0], d[1], d[2]) for d in staged_damaged}
     drop_ids: list[int] = []
     drop_damaged: list[str] = []
     todo: list[tuple[Path, str]] = []
@@ -281,6 +401,7 @@ def _plan(con: sqlite3.Connection, out: Path, root: Path, files: Iterable[Path],
     for rel, (p, _size, _mtime) in on_disk.items():
         if rel not in indexed and rel not in skip_damaged:
             todo.append((p, rel))
+    todo = [(p, rel) for p, rel in todo if (rel, *on_disk[rel][1:]) not in staged]  # staged earlier: merged below
     if drop_ids or drop_damaged:
         with con:
             con.executemany("DELETE FROM videos WHERE id = ?", [(i,) for i in drop_ids])
@@ -290,18 +411,23 @@ def _plan(con: sqlite3.Connection, out: Path, root: Path, files: Iterable[Path],
         report.removed = len(drop_ids)
         log.info("index %s: dropped %d deleted/changed file(s)", out, report.removed)
     todo.sort(key=lambda x: x[1])
-    return todo
+    return todo, {rel: v[1:] for rel, v in on_disk.items()}
 
 
-def _encode_all(con, out: Path, gmodel, settings: IndexSettings, todo: list[tuple[Path, str]], report: IndexReport,
-                *, batch_size: int, workers: int, flush_every: int, thumb_frames: int, thumb_height: int,
-                progress: bool) -> None:
+def _encode_share(ranks: Ranks, out: Path, ckpt: Path, plan: _Plan, report: IndexReport, *, device: str,
+                  batch_size: int, workers: int, flush_every: int, thumb_frames: int, thumb_height: int,
+                  progress: bool) -> None:
+    """Encode this rank's share of ``plan.todo`` into its staging files (flushed every ``flush_every``)."""
+    todo = ranks.share(plan.todo)
     if not todo:
         return
+    settings = plan.settings
+    gmodel = load_model(ckpt, device=device)  # same file as the settings' sha256 (checked by rank 0)
     transform = FrameTransform(settings.image_size, train=False)
     dtype = DTYPES[settings.dtype]
-    done: list[tuple[DecodedVideo, torch.Tensor, torch.Tensor, torch.Tensor]] = []  # encoded, not yet committed
-    bad: list[DecodedVideo] = []
+    writer = StagingWriter(out, ranks.rank)
+    done: list[Encoded] = []  # encoded, not yet staged
+    bad: list[Damaged] = []
     batch: list[DecodedVideo] = []
 
     def encode() -> None:
@@ -310,49 +436,24 @@ def _encode_all(con, out: Path, gmodel, settings: IndexSettings, todo: list[tupl
         x = torch.stack([transform(it.frames) for it in batch])  # [B, F, 3, S, S]
         m = torch.from_numpy(np.stack([it.mask for it in batch]))  # [B, F]
         with torch.inference_mode():
-            v = gmodel.encode_video(x, m).float()  # [B, F, D]
+            v = gmodel.encode_video(x.to(gmodel.device), m.to(gmodel.device)).float()  # [B, F, D]
             mean = gmodel.mean_video(v, m.to(v.device))  # [B, D]
         v, mean = v.cpu(), mean.cpu()
         for j, it in enumerate(batch):
-            it.frames = None  # free the pixels
-            done.append((it, v[j].to(dtype), m[j], mean[j]))
+            done.append(Encoded(it.rel, it.size, it.mtime_ns, it.duration, it.width, it.height, it.thumb,
+                                v[j].to(dtype), m[j], mean[j]))
         batch.clear()
 
     def flush() -> None:
         encode()
-        if not done and not bad:
-            return
-        now = time.time()
-        with con:
-            if done:
-                ids = []
-                for row, (it, _v, _m, _mean) in enumerate(done):
-                    cur = con.execute(
-                        "INSERT INTO videos(path, size, mtime_ns, duration, n_frames, width, height, shard, row, "
-                        "added) VALUES (?, ?, ?, ?, ?, ?, ?, '', ?, ?)",
-                        (it.rel, it.size, it.mtime_ns, it.duration, int(it.mask.sum()), it.width, it.height, row, now))
-                    ids.append(cur.lastrowid)
-                for vid, (it, *_rest) in zip(ids, done):
-                    write_thumb(out / THUMB_DIR, vid, it.thumb)
-                name = write_shard(out / SHARD_DIR, {
-                    "ids": torch.tensor(ids, dtype=torch.int64),
-                    "frames": torch.stack([d[1] for d in done]),
-                    "mask": torch.stack([d[2] for d in done]),
-                    "mean": torch.stack([d[3] for d in done]),
-                })
-                con.execute("UPDATE videos SET shard = ? WHERE shard = ''", (name,))
-                report.added += len(done)
-            for it in bad:
-                kind, reason = it.error
-                con.execute("INSERT OR REPLACE INTO damaged(path, size, mtime_ns, kind, reason, seen) "
-                            "VALUES (?, ?, ?, ?, ?, ?)", (it.rel, it.size, it.mtime_ns, kind, reason, now))
-                report.new_damaged += 1
+        if done or bad:
+            writer.write(done, bad)
+            report.added += len(done)
+            report.new_damaged += len(bad)
         done.clear()
         bad.clear()
 
-    bar = None
-    if progress:
-        bar = tqdm(total=len(todo), unit="video", desc="indexing", dynamic_ncols=True)
+    bar = tqdm(total=len(todo), unit="video", desc="indexing", dynamic_ncols=True) if progress else None
     fn = partial(decode_video, framerate=settings.framerate, max_frames=settings.max_frames,
                  decoder=settings.decoder, image_size=settings.image_size, thumb_frames=thumb_frames,
                  thumb_height=thumb_height)
@@ -360,7 +461,7 @@ def _encode_all(con, out: Path, gmodel, settings: IndexSettings, todo: list[tupl
         for it in ordered_map(fn, todo, workers, lookahead=2 * batch_size + workers):
             if it.error is not None:
                 log.warning("damaged video %s: [%s] %s", it.path, *it.error)
-                bad.append(it)
+                bad.append(Damaged(it.rel, it.size, it.mtime_ns, *it.error))
             else:
                 batch.append(it)
                 if len(batch) >= batch_size:
@@ -377,5 +478,6 @@ def _encode_all(con, out: Path, gmodel, settings: IndexSettings, todo: list[tupl
         flush()
         raise
     finally:
+        writer.close()
         if bar is not None:
             bar.close()

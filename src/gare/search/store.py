@@ -10,6 +10,10 @@ An index is a folder::
                      (temporal-module outputs, float32 by default, float16 on request: what the GARE scorer
                      reranks), ``mask`` bool [n, F] and ``mean`` float32 [n, D] (vbar, the first-stage embedding)
     thumbs/<id>.jpg  a strip of a few frames per video
+    staging/         only while a build runs (or after one was killed): each process of the build writes its
+                     encoded videos to ``staging/rank-<r>.sqlite`` (same columns as ``videos``, keyed by a
+                     staging id), ``staging/shards/`` and ``staging/thumbs/``; :func:`merge_staged` then moves
+                     them into the index in path order, so the ids do not depend on who encoded what
 
 This module reads and writes that layout; :mod:`gare.search.index` decides what goes into it.
 """
@@ -21,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import time
 import uuid
@@ -41,6 +46,8 @@ INDEX_FORMAT = "gare-video-index-v1"
 DB_NAME = "index.sqlite"
 SHARD_DIR = "shards"
 THUMB_DIR = "thumbs"
+STAGING_DIR = "staging"
+MERGED_ROWS_PER_SHARD = 4096
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 SCHEMA = """
@@ -60,6 +67,31 @@ CREATE TABLE IF NOT EXISTS videos (
 );
 CREATE TABLE IF NOT EXISTS damaged (
     path TEXT PRIMARY KEY,
+    size INTEGER,
+    mtime_ns INTEGER,
+    kind TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    seen REAL NOT NULL
+);
+"""
+
+
+STAGING_SCHEMA = """
+CREATE TABLE IF NOT EXISTS staged (
+    sid INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    duration REAL,
+    n_frames INTEGER NOT NULL,
+    width INTEGER,
+    height INTEGER,
+    shard TEXT NOT NULL,
+    row INTEGER NOT NULL,
+    added REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS staged_damaged (
+    path TEXT NOT NULL,
     size INTEGER,
     mtime_ns INTEGER,
     kind TEXT NOT NULL,
@@ -240,7 +272,7 @@ def write_shard(folder: Path, tensors: dict[str, torch.Tensor]) -> str:
     return name
 
 
-def write_thumb(folder: Path, vid: int, data: bytes) -> None:
+def write_thumb(folder: Path, vid: int | str, data: bytes) -> None:
     """``thumbs/<vid>.jpg``, written atomically."""
     atomic_write(folder / f"{vid}.jpg", data)
 
@@ -279,3 +311,170 @@ def compact(con: sqlite3.Connection, out: Path, rows_per_shard: int = 4096) -> N
     with con:
         con.executemany("UPDATE videos SET shard = ?, row = ? WHERE id = ?", updates)
     cleanup(con, out)
+
+
+# ------------------------------------------------------------------------------------------- staging
+@dataclass
+class Encoded:
+    """One encoded video, ready to be staged."""
+
+    rel: str
+    size: int
+    mtime_ns: int
+    duration: float | None
+    width: int | None
+    height: int | None
+    thumb: bytes
+    frames: torch.Tensor  # [F, D], storage dtype
+    mask: torch.Tensor  # bool [F]
+    mean: torch.Tensor  # float32 [D]
+
+
+@dataclass
+class Damaged:
+    rel: str
+    size: int
+    mtime_ns: int
+    kind: str
+    reason: str
+
+
+class StagingWriter:
+    """What one process of a build encoded: ``staging/rank-<rank>.sqlite`` plus its shards and thumbnails.
+    Only this process writes these files, so several processes (or machines sharing the folder) stage at once."""
+
+    def __init__(self, out: Path, rank: int):
+        self.dir = Path(out) / STAGING_DIR
+        (self.dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        (self.dir / THUMB_DIR).mkdir(parents=True, exist_ok=True)
+        self.rank = rank
+        self.con = sqlite3.connect(str(self.dir / f"rank-{rank}.sqlite"), timeout=30)
+        self.con.executescript(STAGING_SCHEMA)
+
+    def write(self, done: list[Encoded], bad: list[Damaged]) -> None:
+        """Stage one flush: shard and thumbnails first, then the rows that refer to them (one transaction)."""
+        now = time.time()
+        with self.con:
+            if done:
+                sids = []
+                for row, e in enumerate(done):
+                    cur = self.con.execute(
+                        "INSERT INTO staged(path, size, mtime_ns, duration, n_frames, width, height, shard, row, "
+                        "added) VALUES (?, ?, ?, ?, ?, ?, ?, '', ?, ?)",
+                        (e.rel, e.size, e.mtime_ns, e.duration, int(e.mask.sum()), e.width, e.height, row, now))
+                    sids.append(cur.lastrowid)
+                for sid, e in zip(sids, done):
+                    write_thumb(self.dir / THUMB_DIR, f"r{self.rank}-{sid}", e.thumb)
+                name = write_shard(self.dir / SHARD_DIR, {
+                    "ids": torch.tensor(sids, dtype=torch.int64),  # staging ids of this rank
+                    "frames": torch.stack([e.frames for e in done]),
+                    "mask": torch.stack([e.mask for e in done]),
+                    "mean": torch.stack([e.mean for e in done]),
+                })
+                self.con.execute("UPDATE staged SET shard = ? WHERE shard = ''", (name,))
+            self.con.executemany(
+                "INSERT INTO staged_damaged(path, size, mtime_ns, kind, reason, seen) VALUES (?, ?, ?, ?, ?, ?)",
+                [(d.rel, d.size, d.mtime_ns, d.kind, d.reason, now) for d in bad])
+
+    def close(self) -> None:
+        self.con.close()
+
+
+@dataclass
+class StagedRow:
+    db: str  # staging database file name (rank-<r>.sqlite)
+    sid: int
+    path: str
+    size: int
+    mtime_ns: int
+    duration: float | None
+    n_frames: int
+    width: int | None
+    height: int | None
+    shard: str
+    row: int
+    added: float
+
+
+def read_staged(out: Path) -> tuple[list[StagedRow], list[tuple]]:
+    """Every staged video (``StagedRow``) and damaged file ``(path, size, mtime_ns, kind, reason, seen)``
+    left in ``staging/`` by this build or by an interrupted one."""
+    folder = Path(out) / STAGING_DIR
+    rows: list[StagedRow] = []
+    damaged: list[tuple] = []
+    for db in sorted(folder.glob("rank-*.sqlite")):
+        con = sqlite3.connect(str(db), timeout=30)
+        try:
+            con.executescript(STAGING_SCHEMA)
+            rows += [StagedRow(db.name, *r) for r in con.execute(
+                "SELECT sid, path, size, mtime_ns, duration, n_frames, width, height, shard, row, added FROM staged "
+                "WHERE shard != ''")]
+            damaged += con.execute("SELECT path, size, mtime_ns, kind, reason, seen FROM staged_damaged").fetchall()
+        finally:
+            con.close()
+    return rows, damaged
+
+
+def merge_staged(con: sqlite3.Connection, out: Path, keep: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """Move the staged videos and damaged files into the index, then delete ``staging/``.
+
+    Only staged entries of files in ``keep`` (path -> (size, mtime_ns) on disk now) with the same size and
+    modification time are kept (the newest when a file was staged twice), and none already in the index.
+    Videos get their ids in path order, so the ids never depend on how the work was split between processes
+    or runs. Returns (videos added, damaged files recorded).
+    """
+    out = Path(out)
+    folder = out / STAGING_DIR
+    if not folder.is_dir():
+        return 0, 0
+    rows, damaged = read_staged(out)
+    indexed = {r[0] for r in con.execute("SELECT path FROM videos")}
+    newest: dict[str, StagedRow] = {}
+    for r in rows:
+        if keep.get(r.path) == (r.size, r.mtime_ns) and r.path not in indexed:
+            if r.path not in newest or r.added > newest[r.path].added:
+                newest[r.path] = r
+    chosen = [newest[p] for p in sorted(newest)]
+    bad: dict[str, tuple] = {}
+    for d in damaged:
+        if keep.get(d[0]) == (d[1], d[2]) and d[0] not in indexed and d[0] not in newest:
+            if d[0] not in bad or d[5] > bad[d[0]][5]:
+                bad[d[0]] = d
+    remaining: dict[tuple[str, str], int] = {}  # (db, shard) -> chosen rows still to copy from it
+    for r in chosen:
+        remaining[(r.db, r.shard)] = remaining.get((r.db, r.shard), 0) + 1
+    cache: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    with con:
+        for s in range(0, len(chosen), MERGED_ROWS_PER_SHARD):
+            part = chosen[s:s + MERGED_ROWS_PER_SHARD]
+            ids, frames, mask, mean = [], [], [], []
+            for r in part:
+                cur = con.execute(
+                    "INSERT INTO videos(path, size, mtime_ns, duration, n_frames, width, height, shard, row, added) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, '', ?, ?)",
+                    (r.path, r.size, r.mtime_ns, r.duration, r.n_frames, r.width, r.height, len(ids), r.added))
+                ids.append(cur.lastrowid)
+                key = (r.db, r.shard)
+                if key not in cache:
+                    cache[key] = load_file(str(folder / SHARD_DIR / r.shard))
+                t = cache[key]
+                if int(t["ids"][r.row]) != r.sid:
+                    raise SearchIndexError(f"index {out}: staged shard {r.shard} does not match {r.db}; delete "
+                                           f"{folder} and run the same command again")
+                frames.append(t["frames"][r.row])
+                mask.append(t["mask"][r.row])
+                mean.append(t["mean"][r.row])
+                remaining[key] -= 1
+                if remaining[key] == 0:
+                    del cache[key]  # every chosen row of this shard is copied: free it
+                thumb = folder / THUMB_DIR / f"r{r.db[len('rank-'):-len('.sqlite')]}-{r.sid}.jpg"
+                if thumb.is_file():
+                    write_thumb(out / THUMB_DIR, ids[-1], thumb.read_bytes())
+            name = write_shard(out / SHARD_DIR, {"ids": torch.tensor(ids, dtype=torch.int64),
+                                                 "frames": torch.stack(frames), "mask": torch.stack(mask),
+                                                 "mean": torch.stack(mean)})
+            con.execute("UPDATE videos SET shard = ? WHERE shard = ''", (name,))
+        con.executemany("INSERT OR REPLACE INTO damaged(path, size, mtime_ns, kind, reason, seen) "
+                        "VALUES (?, ?, ?, ?, ?, ?)", list(bad.values()))
+    shutil.rmtree(folder, ignore_errors=True)
+    return len(chosen), len(bad)
