@@ -122,6 +122,43 @@ def test_micro_grid_table_matches_per_run_results(shapes_dir, tmp_path):
     assert collect(grid) == {}
 
 
+def test_finished_run_reuse_refuses_other_semantics_version_or_feature_cache(tmp_path):
+    """A finished run stands for a config only with the same code-semantics version and feature cache; each
+    refusal names what differs (runs made before the version was recorded, e.g. before the eta sign fix of
+    the video side, count as version 1)."""
+    from safetensors.torch import save_file
+
+    from gare.experiments import SEMANTICS_VERSION, reuse_refusal, run_inputs
+    from gare.experiments.runner import config_record as record
+
+    def cache(path, key):
+        save_file({"text": torch.zeros(1, 2)}, str(path), metadata={"key": json.dumps(key), "dtype": "float16"})
+        return path
+
+    feats = cache(tmp_path / "f.safetensors", {"weights_sha256": "a"})
+    cfg = load_config(TINY, [f"train.features={feats}"])
+    run = tmp_path / "run"
+    run.mkdir()
+    assert reuse_refusal(run, cfg) == "not finished"
+    (run / "results.json").write_text("{}")
+    marker = {"config": record(cfg), "inputs": run_inputs(cfg)}
+    (run / "sweep_run.json").write_text(json.dumps(marker))
+    assert SEMANTICS_VERSION >= 2 and run_inputs(cfg)["semantics_version"] == SEMANTICS_VERSION
+    assert reuse_refusal(run, cfg) is None
+    # another resolved config: the refusal names the key and both values
+    why = reuse_refusal(run, load_config(TINY, [f"train.features={feats}", "model.scorer.eta=-1"]))
+    assert why.startswith("config differs") and "model.scorer.eta: 1.0 -> -1.0" in why
+    # a run recorded before the semantics version existed (or with an older one)
+    (run / "sweep_run.json").write_text(json.dumps({"config": record(cfg)}))
+    why = reuse_refusal(run, cfg)
+    assert f"semantics version 1, this code is version {SEMANTICS_VERSION}" in why
+    # the same path holding features made with other weights
+    (run / "sweep_run.json").write_text(json.dumps(marker))
+    cache(feats, {"weights_sha256": "b"})
+    why = reuse_refusal(run, cfg)
+    assert why.startswith("feature cache differs") and marker["inputs"]["features"] in why
+
+
 def test_single_seed_shows_value_without_std(tmp_path):
     from gare.experiments import Grid, Variant, markdown_table
 
@@ -242,7 +279,7 @@ def test_each_ablation_switch_changes_the_model_or_loss(grid_name, variant, full
     grid = load_grid(EXP / grid_name)
     v = next(x for x in grid.variants if x.name == variant)
     sig = _signature(resolve_run(grid, v, 0))
-    if variant == "full":
+    if not v.overrides:  # the recipe itself ("full"; Table 7's text_frames_eta+1)
         assert sig == pytest.approx(full_signature, rel=0, abs=0)
         return
     assert max(abs(a - b) for a, b in zip(sig, full_signature)) > 1e-6, f"{grid_name}:{variant} changes nothing"
@@ -383,7 +420,8 @@ def test_diagnostics_run_logs_tension_terms_and_plot_renders_them(shapes_dir, tm
     assert 0 <= r["diag_anchor_cancellation"] <= 1 and 0 <= r["diag_delta_share"] <= 1
     assert r["diag_anchor_sum_norm"] <= r["diag_anchor_pos_norm"] + r["diag_anchor_neg_norm"] + 1e-6
     outs = {p.name for p in plot_run(tmp_path / "run")}
-    assert {"curves.png", "diagnostics.png"} <= outs and "geometry.png" not in outs
+    # validation logs the modality gap by default (train.geometry), so the geometry figure is drawn too
+    assert {"curves.png", "diagnostics.png", "geometry.png"} <= outs
     assert (tmp_path / "run" / "diagnostics.png").stat().st_size > 1000
 
 

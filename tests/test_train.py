@@ -139,3 +139,32 @@ def test_word_context_model_trains_validates_and_tests(shapes_dir, tmp_path):
     res = train(micro_cfg(shapes_dir, tmp_path / "words", "model.scorer.context=words", "train.max_steps=3"))
     assert 0.0 <= res["test"]["t2v"]["R1"] <= 100.0 and res["test"]["n_queries"] > 0
     assert (tmp_path / "words" / "best.safetensors").exists()
+
+
+def test_validation_logs_modality_gap_equal_to_a_direct_computation(shapes_dir, tmp_path):
+    """``train.geometry`` (on by default) adds ``geo_*`` to every validation record; the values equal
+    split_geometry of the same model on the validation split, and switching it off changes no number."""
+    from gare.evaluate.geometry import split_geometry
+    from gare.model.factory import load_model
+    from gare.train.trainer import Trainer
+
+    on = Trainer(micro_cfg(shapes_dir, tmp_path / "on", "train.max_steps=3", "train.eval_every=3"),
+                 show_progress=False)
+    res_on = on.fit()
+    val = [json.loads(x) for x in (tmp_path / "on" / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in val if r["kind"] == "val"]
+    assert len(val) == 1
+    geo = {k[4:]: v for k, v in val[0].items() if k.startswith("geo_")}
+    assert 0.0 < geo["gap"] < 2.0 and -1.0 <= geo["pos_cos"] <= 1.0 and geo["delta_norm_ratio"] > 0
+    model = load_model(tmp_path / "on" / "last.safetensors")  # the model of the last (only) validation
+    enc = on.encode("val", model)
+    direct = split_geometry(model, enc.t, enc.v, enc.mask, enc.query_video)
+    assert set(direct) == set(geo)
+    for k, v in direct.items():
+        assert geo[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
+    off = Trainer(micro_cfg(shapes_dir, tmp_path / "off", "train.max_steps=3", "train.eval_every=3",
+                            "train.geometry=false"), show_progress=False)
+    res_off = off.fit()
+    recs = [json.loads(x) for x in (tmp_path / "off" / "metrics.jsonl").read_text().splitlines()]
+    assert not any(k.startswith("geo_") for r in recs for k in r)
+    assert res_off["test"]["t2v"] == res_on["test"]["t2v"]

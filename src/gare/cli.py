@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -79,7 +80,9 @@ def cmd_features(a) -> int:
     from .train.features import extract_features
 
     cfg = load_config(a.config, a.overrides)
-    print(extract_features(cfg, a.out))
+    command = " ".join(shlex.quote(x) for x in ["gare", "data", "features", a.config, *a.overrides, "--out", a.out]
+                       + (["--dtype", a.dtype] if a.dtype != "float16" else []) + ([] if a.words else ["--no-words"]))
+    print(extract_features(cfg, a.out, dtype=a.dtype, words=a.words, command=command))
     return 0
 
 
@@ -161,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     f = dsub.add_parser("features", help="extract frozen CLIP features for cached-feature training")
     f.add_argument("config")
     f.add_argument("--out", required=True)
+    f.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="storage dtype of the features")
+    f.add_argument("--no-words", dest="words", action="store_false",
+                   help="leave out the per-token text embeddings (word-context models need them)")
     f.add_argument("overrides", nargs="*")
     f.set_defaults(func=cmd_features)
 

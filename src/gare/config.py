@@ -145,6 +145,7 @@ class TrainConfig:
     freeze_backbone: bool = False
     features: str | None = None  # cached frozen-backbone features (data features) for fast loops
     diagnostics: bool = False  # tension diagnostics at each logged step
+    geometry: bool = True  # modality-gap measures (geo_*) of the validation split at each validation
     eval_batch_size: int = 64
     tensorboard: bool = True
     threads: int = 0  # torch intra-op threads (0: from the free cores, gare.threads; GARE_THREADS overrides)

@@ -32,12 +32,14 @@ __all__ = ["matched_pair_outputs", "split_geometry"]
 
 @torch.no_grad()
 def matched_pair_outputs(model, t: Tensor, v: Tensor, mask: Tensor | None, query_video: Tensor,
-                         block: int = 64) -> tuple[Tensor, Tensor, Tensor | None]:
+                         block: int = 64, *, words: Tensor | None = None,
+                         word_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
     """Scorer outputs of the matched pairs only.
 
     Args:
         t: ``[N_q, D]`` texts; v: ``[N_v, F, D]`` temporal outputs; mask: ``[N_v, F]``;
-        query_video: ``[N_q]`` index of each text's video.
+        query_video: ``[N_q]`` index of each text's video; words, word_mask: ``[N_q, L, D]`` and
+        ``[N_q, L]`` word embeddings of the texts (needed by ``context='words'`` models only).
 
     Returns:
         ``vhat [N_q, D]`` (pooled video of each matched pair), ``corrected [N_q, D]`` (the Delta-corrected
@@ -54,10 +56,13 @@ def matched_pair_outputs(model, t: Tensor, v: Tensor, mask: Tensor | None, query
             ti = t[s:s + block]
             fi = v[idx]
             mi = mask[idx] if mask is not None else None
-            words = word_mask = None
+            wi = wmi = None
             if scorer.psi is not None and scorer.cfg.context == "words":
-                raise ValueError("geometry with context='words' needs the word embeddings; not supported here")
-            out = scorer(ti, fi, mi, words, word_mask)
+                if words is None or word_mask is None:
+                    raise ValueError("geometry of a context='words' model needs the texts' word embeddings "
+                                     "(words [N_q, L, D], word_mask [N_q, L])")
+                wi, wmi = words[s:s + block].to(ti.device), word_mask[s:s + block].to(ti.device)
+            out = scorer(ti, fi, mi, wi, wmi)
             n = ti.shape[0]
             ar = torch.arange(n, device=ti.device)
             vh.append(out.vhat[ar, ar])
@@ -73,13 +78,16 @@ def matched_pair_outputs(model, t: Tensor, v: Tensor, mask: Tensor | None, query
 
 @torch.no_grad()
 def split_geometry(model, t: Tensor, v: Tensor, mask: Tensor | None, query_video, *,
-                   corrected: bool = True) -> dict[str, float]:
+                   corrected: bool = True, words: Tensor | None = None,
+                   word_mask: Tensor | None = None) -> dict[str, float]:
     """Modality-gap measures of one encoded split (see the module docstring for every key).
 
     Args:
         model: a :class:`gare.model.GareModel` (its scorer gives vhat and Delta of the matched pairs).
         t: ``[N_q, D]``; v: ``[N_v, F, D]``; mask: ``[N_v, F]`` or None; query_video: ``[N_q]`` ints.
         corrected: also compute the Delta-corrected measures (needs psi on ``N_q`` pairs).
+        words, word_mask: ``[N_q, L, D]`` / ``[N_q, L]`` word embeddings of the texts; a ``context='words'``
+            model needs them for the corrected measures (without them those are left out).
     """
     t = t.float()
     v = v.float()
@@ -99,8 +107,9 @@ def split_geometry(model, t: Tensor, v: Tensor, mask: Tensor | None, query_video
     pos[torch.arange(t.shape[0], device=t.device), qv] = True
     out["pos_cos"] = float(cos[pos].mean())
     out["neg_cos"] = float(cos[~pos].mean()) if bool((~pos).any()) else float("nan")
-    if corrected and model.scorer.psi is not None and model.scorer.cfg.context == "frames":
-        vhat, corr, delta = matched_pair_outputs(model, t, v, mask, qv)
+    has_context = model.scorer.cfg.context == "frames" or words is not None
+    if corrected and model.scorer.psi is not None and has_context:
+        vhat, corr, delta = matched_pair_outputs(model, t, v, mask, qv, words=words, word_mask=word_mask)
         if model.scorer.cfg.side == "text":
             out["gap_corrected"] = dg.modality_gap(corr, vbar)["gap"]
             out["alignment_corrected"] = dg.alignment(corr, vhat)

@@ -34,8 +34,10 @@ grid ``overrides``, ``train.max_steps``, the variant's ``overrides``, the seed k
 and the run name. Every run is an ordinary training run directory; each also gets ``sweep_run.json``
 (the overrides and the equivalent ``gare train`` command) and the test-split geometry
 (:mod:`gare.evaluate.geometry`) in its ``results.json`` under ``test_geometry``. A run whose
-``results.json`` exists with the same resolved config is not run again (``--force`` reruns), so an interrupted
-sweep continues where it stopped; a run whose resolved config differs (an edited recipe) is trained again.
+``results.json`` exists with the same resolved config, the same code-semantics version
+(:data:`.runner.SEMANTICS_VERSION`, bumped when a code change alters the results of an unchanged config) and
+the same feature cache (its key) is not run again (``--force`` reruns), so an interrupted sweep continues where
+it stopped; any other finished run is trained again, and the log says why.
 
 The table reports, per variant, mean ± sample standard deviation (n - 1) over the seeds of test t2v
 R@1/R@5/R@10/MnR and v2t R@1 (a single seed shows the value alone).
@@ -53,8 +55,19 @@ from __future__ import annotations
 from .command import add_sweep_command, main
 from .grid import Grid, Variant, load_grid, resolve_run, run_overrides, train_command
 from .report import aggregate, format_stat, geometry_table, markdown_table, mean_std, run_metrics, write_results
-from .runner import collect, ensure_setup, export_backbone, run_finished, run_grid, run_one
+from .runner import (
+                     SEMANTICS_VERSION,
+                     collect,
+                     ensure_setup,
+                     export_backbone,
+                     reuse_refusal,
+                     run_finished,
+                     run_grid,
+                     run_inputs,
+                     run_one,
+)
 
-__all__ = ["Grid", "Variant", "add_sweep_command", "aggregate", "collect", "ensure_setup", "export_backbone",
-           "format_stat", "geometry_table", "load_grid", "main", "markdown_table", "mean_std", "resolve_run",
-           "run_finished", "run_grid", "run_metrics", "run_one", "run_overrides", "train_command", "write_results"]
+__all__ = ["SEMANTICS_VERSION", "Grid", "Variant", "add_sweep_command", "aggregate", "collect", "ensure_setup",
+           "export_backbone", "format_stat", "geometry_table", "load_grid", "main", "markdown_table", "mean_std",
+           "resolve_run", "reuse_refusal", "run_finished", "run_grid", "run_inputs", "run_metrics", "run_one",
+           "run_overrides", "train_command", "write_results"]

@@ -1,5 +1,6 @@
 """Running a grid: the one-off setup (pre-trained towers, cached features), each (variant, seed) run, and the
-reuse of finished runs (a run is finished when its ``results.json`` exists for the same resolved config)."""
+reuse of finished runs (a run is finished when its ``results.json`` exists for the same resolved config, code
+semantics version and feature cache)."""
 
 from __future__ import annotations
 
@@ -13,19 +14,18 @@ import torch
 
 from .. import distributed as dist_utils
 from ..config import Config, ConfigError, config_from_dict, config_to_dict, load_config
-from ..data.loader import collate
 from ..evaluate.geometry import split_geometry
-from ..evaluate.protocol import encode_texts, encode_videos
 from ..io import atomic_write
 from ..model.factory import load_model
-from ..train.features import extract_features
+from ..train.features import check_features, extract_features, features_fingerprint, rebuild_command
 from ..train.trainer import Trainer, train
-from .grid import Grid, Variant, resolve_run, run_overrides, train_command
+from .grid import Grid, Variant, rel_path, resolve_run, run_overrides, train_command
 from .report import write_results
 
 log = logging.getLogger(__name__)
 
-__all__ = ["collect", "config_record", "ensure_setup", "export_backbone", "run_finished", "run_grid", "run_one"]
+__all__ = ["SEMANTICS_VERSION", "collect", "config_record", "ensure_setup", "export_backbone", "reuse_refusal",
+           "run_finished", "run_grid", "run_inputs", "run_one"]
 
 
 def config_record(cfg: Config) -> dict:
@@ -33,31 +33,86 @@ def config_record(cfg: Config) -> dict:
     return json.loads(json.dumps(config_to_dict(cfg), default=str))
 
 
-def run_finished(run_dir: Path, cfg: Config) -> bool:
-    """A finished run of exactly this resolved config (a changed recipe or override means: train again)."""
+# Version of what a run's numbers mean for a given config. Bump it (and say why below) whenever a change of
+# gare's code changes the results of an unchanged config, so finished runs made before it are not reused:
+#   1: runs before the version was recorded
+#   2: eta means the same gap on both sides (eta=+1: vbar - t; video-side runs before it had the other sign);
+#      feature caches keyed on weights and data (format v2, every split's texts and word embeddings);
+#      validation and test of cached-feature runs read the cache
+SEMANTICS_VERSION = 2
+
+
+def run_inputs(cfg: Config) -> dict:
+    """What a run depends on besides its config: the code-semantics version and the feature cache's key."""
+    out: dict = {"semantics_version": SEMANTICS_VERSION}
+    if cfg.train.features and Path(cfg.train.features).exists():
+        out["features"] = features_fingerprint(cfg.train.features)
+    return out
+
+
+def reuse_refusal(run_dir: Path, cfg: Config, inputs: dict | None = None) -> str | None:
+    """Why the finished run in ``run_dir`` cannot stand for ``cfg`` (None: it can).
+
+    A finished run has ``results.json`` and ``sweep_run.json``; it is reused only for the same resolved
+    config (read back through the config tree: keys added to gare since the run take their defaults, so a
+    new option that changes nothing does not retrain finished runs; a removed key does), the same
+    :data:`SEMANTICS_VERSION` and the same feature cache (its key and dtype).
+    """
     marker = run_dir / "sweep_run.json"
     if not (run_dir / "results.json").exists() or not marker.exists():
-        return False
+        return "not finished"
     try:
-        stored = json.loads(marker.read_text()).get("config")
-        # read back through the config tree: keys added to gare since the run take their defaults, so a new
-        # option that changes nothing does not retrain finished runs (a removed key does)
-        return stored is not None and config_record(config_from_dict(stored)) == config_record(cfg)
-    except (OSError, json.JSONDecodeError, ConfigError, TypeError):
-        return False
+        rec = json.loads(marker.read_text())
+        stored = rec.get("config")
+        if stored is None:
+            return "sweep_run.json records no config"
+        old, new = config_record(config_from_dict(stored)), config_record(cfg)
+    except (OSError, json.JSONDecodeError, ConfigError, TypeError) as e:
+        return f"unreadable sweep_run.json ({e})"
+    if old != new:
+        diff = [k for k in _flat_keys(old) | _flat_keys(new) if _get(old, k) != _get(new, k)]
+        shown = ", ".join(f"{k}: {_get(old, k)!r} -> {_get(new, k)!r}" for k in sorted(diff)[:8])
+        return f"config differs ({shown})"
+    have = rec.get("inputs") or {}
+    want = inputs if inputs is not None else run_inputs(cfg)
+    if have.get("semantics_version", 1) != want["semantics_version"]:
+        return (f"made by code of semantics version {have.get('semantics_version', 1)}, this code is version "
+                f"{want['semantics_version']} (scoring or evaluation semantics changed since; see "
+                "gare.experiments.runner.SEMANTICS_VERSION)")
+    if have.get("features") != want.get("features"):
+        return f"feature cache differs (run: {have.get('features')}, now: {want.get('features')})"
+    return None
+
+
+def _flat_keys(d: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out |= _flat_keys(v, f"{prefix}{k}.")
+        else:
+            out.add(prefix + k)
+    return out
+
+
+def _get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def run_finished(run_dir: Path, cfg: Config, inputs: dict | None = None) -> bool:
+    """A finished run of exactly this resolved config, code semantics and feature cache."""
+    return reuse_refusal(run_dir, cfg, inputs) is None
 
 
 def split_test_geometry(trainer: Trainer) -> dict:
     """Modality-gap measures of the test split with the checkpoint the test metrics came from."""
     best_path = trainer.run_dir / "best.safetensors"
     model = load_model(best_path, device=trainer.device) if best_path.exists() else trainer.model
-    model.eval()
-    texts, qv = trainer.data.splits["test"].queries()
-    t = encode_texts(model, texts)
-    v, m = encode_videos(model, trainer.video_ds["test"], batch_size=trainer.cfg.train.eval_batch_size,
-                         workers=trainer.cfg.data.workers, collate=collate)
-    return split_geometry(model, t, v, m, qv)
-
+    enc = trainer.encode("test", model)
+    return split_geometry(model, enc.t, enc.v, enc.mask, enc.query_video, words=enc.words, word_mask=enc.word_mask)
 
 
 def export_backbone(checkpoint: Path, out: Path) -> Path:
@@ -82,10 +137,15 @@ def ensure_setup(grid: Grid) -> None:
             train(cfg, show_progress=False)
         export_backbone(run_dir / "best.safetensors", pre["weights"])
     feats = grid.setup.get("features")
-    if feats and not feats.exists():
-        cfg = load_config(grid.recipe, run_overrides(grid, grid.variants[0], grid.seeds[0]) + ["train.features=null"])
-        log.info("setup: extracting frozen-tower features -> %s", feats)
-        extract_features(cfg, feats)
+    if feats:
+        ov = run_overrides(grid, grid.variants[0], grid.seeds[0]) + ["train.features=null"]
+        cfg = load_config(grid.recipe, ov)
+        cmd = rebuild_command(feats, rel_path(grid.recipe), [o for o in ov if not o.startswith(("train.", "name="))])
+        if not feats.exists():
+            log.info("setup: extracting frozen-tower features -> %s", feats)
+            extract_features(cfg, feats, command=cmd)
+        else:  # refuse a stale cache before any run reads it
+            check_features(feats, cfg, rebuild=cmd)
 
 
 def run_one(grid: Grid, variant: Variant, seed: int, *, force: bool = False) -> dict:
@@ -93,9 +153,14 @@ def run_one(grid: Grid, variant: Variant, seed: int, *, force: bool = False) -> 
     ov = run_overrides(grid, variant, seed)
     run_dir = grid.run_dir(variant, seed)
     cfg = resolve_run(grid, variant, seed)
-    if not force and run_finished(run_dir, cfg):
+    inputs = run_inputs(cfg)
+    why = reuse_refusal(run_dir, cfg, inputs)
+    if not force and why is None:
         log.info("sweep %s: %s seed %d already done (%s)", grid.name, variant.name, seed, run_dir)
         return json.loads((run_dir / "results.json").read_text())
+    if why != "not finished" and (run_dir / "results.json").exists():
+        log.info("sweep %s: %s seed %d: the finished run in %s is not reused: %s", grid.name, variant.name, seed,
+                 run_dir, "--force" if force else why)
     if run_dir.exists():
         if not ((run_dir / "metrics.jsonl").exists() or (run_dir / "sweep_run.json").exists()
                 or not any(run_dir.iterdir())):
@@ -104,7 +169,7 @@ def run_one(grid: Grid, variant: Variant, seed: int, *, force: bool = False) -> 
     run_dir.mkdir(parents=True)
     atomic_write(run_dir / "sweep_run.json", json.dumps(
         {"grid": str(grid.path), "variant": variant.name, "seed": seed, "overrides": ov,
-         "command": train_command(grid, variant, seed), "config": config_record(cfg)}, indent=2))
+         "command": train_command(grid, variant, seed), "config": config_record(cfg), "inputs": inputs}, indent=2))
     log.info("sweep %s: training %s seed %d -> %s", grid.name, variant.name, seed, run_dir)
     t0 = time.perf_counter()
     trainer = Trainer(cfg, show_progress=False)

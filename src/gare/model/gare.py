@@ -130,17 +130,24 @@ class GareModel(nn.Module):
     # -- training forward ----------------------------------------------------------------------------
     def forward(self, ids: Tensor | None = None, frames: Tensor | None = None, mask: Tensor | None = None, *,
                 text_features: Tensor | None = None, frame_features: Tensor | None = None,
+                word_features: Tensor | None = None, word_mask: Tensor | None = None,
                 gather=None, gather_nograd=None) -> ScoreOutput:
         """One training forward: encode the local batch, optionally all-gather features across ranks
         (``gather`` keeps gradients), and score every (text, video) pair of the global batch.
 
-        ``ids [B, L]`` or cached ``text_features [B, D]``; ``frames [B, F, 3, H, W]`` or cached per-frame
+        ``ids [B, L]`` or cached ``text_features [B, D]`` (a word-context model also needs the cached
+        ``word_features [B, L, D]`` and ``word_mask [B, L]``); ``frames [B, F, 3, H, W]`` or cached per-frame
         CLIP ``frame_features [B, F, D]``; ``mask [B, F]``. Returns the reference :class:`ScoreOutput`.
         """
-        words = word_mask = None
+        words = None
         need_words = self.cfg.scorer.use_delta and self.cfg.scorer.context == "words"
         if text_features is not None:
             t = text_features
+            if need_words:
+                if word_features is None or word_mask is None:
+                    raise ValueError("model.scorer.context=words with cached text features needs word_features "
+                                     "[B, L, D] and word_mask [B, L] (a feature cache with word embeddings)")
+                words, word_mask = word_features, word_mask.bool()
         elif need_words:
             t, words, word_mask = self.backbone.encode_text(ids, return_words=True)
         else:

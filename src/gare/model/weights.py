@@ -1,10 +1,12 @@
-"""Strict state-dict loading: every missing, unexpected or mis-shaped tensor is named."""
+"""Strict state-dict loading (every missing, unexpected or mis-shaped tensor is named) and weight fingerprints."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable
 
+import torch
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
@@ -46,3 +48,23 @@ def load_state_dict_strict(module: nn.Module, sd: dict[str, Tensor], *, source: 
     tolerated = [k for k in own if k not in sd]
     if tolerated:
         log.info("%s: kept the model's own initial values for %s", source, ", ".join(tolerated))
+
+
+def weights_fingerprint(module: nn.Module | dict[str, Tensor], *, exclude: Iterable[str] = ()) -> str:
+    """SHA-256 (hex) of a module's state dict: every tensor's name, dtype, shape and bytes, in name order.
+
+    Two modules get the same fingerprint exactly when they hold the same tensors bit for bit, whatever
+    file they came from; caches made from a model (extracted features, search indexes) record it to refuse
+    being read with other weights. ``exclude``: names containing one of these strings are left out (e.g.
+    ``logit_scale``, which changes no embedding).
+    """
+    sd = module.state_dict() if isinstance(module, nn.Module) else module
+    exclude = tuple(exclude)
+    h = hashlib.sha256()
+    for name in sorted(sd):
+        if any(e in name for e in exclude):
+            continue
+        t = sd[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

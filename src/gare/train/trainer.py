@@ -120,13 +120,14 @@ class Trainer:
                                  decoder=cfg.data.decoder, report=self.run_dir,
                                  max_bad_fraction=cfg.data.bad_input_threshold)
         if tc.features:
+            from ..evaluate.protocol import needs_words
             from .features import FeaturePairDataset, feature_collate, load_features
 
-            self.features = load_features(tc.features, self.model, cfg)
+            self.features = load_features(tc.features, self.model, cfg, self.data)
             if cfg.model.compat == "release":
                 log.warning("release.padded_frames with cached features: padded slots are zero vectors here, not "
                             "the CLIP encoding of a zero image as in the release (train end to end for that)")
-            ds = FeaturePairDataset(self.features, train_split, pairs)
+            ds = FeaturePairDataset(self.features, train_split, pairs, words=needs_words(self.model))
             self.collate = feature_collate
         else:
             self.features = None
@@ -210,6 +211,9 @@ class Trainer:
         if self.features is not None:
             kw.update(text_features=batch["text_features"].to(self.device),
                       frame_features=batch["frame_features"].to(self.device))
+            if "word_features" in batch:
+                kw.update(word_features=batch["word_features"].to(self.device),
+                          word_mask=batch["word_mask"].to(self.device))
         else:
             ids = self.tokenize(batch["caption"]).to(self.device)
             kw.update(ids=ids, frames=batch["frames"].to(self.device))
@@ -283,12 +287,19 @@ class Trainer:
 
     # -- evaluation -------------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, split: str, model: GareModel | None = None, **kw) -> dict:
-        from ..evaluate.protocol import EncodedSplit, encode_texts, encode_videos, evaluate_encoded, needs_words
+    def encode(self, split: str, model: GareModel | None = None):
+        """The evaluation embeddings of a split (:class:`EncodedSplit`): from the feature cache in
+        cached-feature mode (the towers are not run), else by encoding the split's texts and videos."""
+        from ..evaluate.protocol import EncodedSplit, encode_texts, encode_videos, needs_words
 
         model = model or self.model
         model.eval()
         sp = self.data.splits[split]
+        if self.features is not None:
+            from .features import encode_split_cached
+
+            return encode_split_cached(model, self.features, sp, words=needs_words(model),
+                                       batch_size=self.cfg.train.eval_batch_size)
         texts, qv = sp.queries()
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             words = word_mask = None
@@ -300,8 +311,15 @@ class Trainer:
             v, m = encode_videos(model, self.video_ds[split], batch_size=self.cfg.train.eval_batch_size,
                                  workers=self.cfg.data.workers, rank=self.dist.rank, world=self.dist.world_size,
                                  collate=self.collate_eval)
-        enc = EncodedSplit(texts, list(qv), t.float(), v.float(), m, words, word_mask)
-        return evaluate_encoded(model, enc, **kw)
+        return EncodedSplit(texts, list(qv), t.float(), v.float(), m,
+                            None if words is None else words.float(), word_mask)
+
+    @torch.no_grad()
+    def evaluate(self, split: str, model: GareModel | None = None, **kw) -> dict:
+        from ..evaluate.protocol import evaluate_encoded
+
+        model = model or self.model
+        return evaluate_encoded(model, self.encode(split, model), **kw)
 
     @staticmethod
     def collate_eval(items):
@@ -310,9 +328,14 @@ class Trainer:
         return collate(items)
 
     def _validate(self) -> dict:
-        res = self.evaluate("val")
+        from ..evaluate.protocol import evaluate_encoded
+
+        enc = self.encode("val")
+        res = evaluate_encoded(self.model, enc)
         rec = {"kind": "val", "step": self.step, "epoch": self.epoch, **{f"t2v_{k}": v for k, v in res["t2v"].items()},
                **{f"v2t_{k}": v for k, v in res["v2t"].items()}}
+        if self.cfg.train.geometry and self.dist.is_main:
+            rec.update(self._geometry(enc))
         self._log(rec)
         if res["t2v"]["R1"] > self.best["R1"]:
             self.best = {"R1": res["t2v"]["R1"], "step": self.step}
@@ -321,6 +344,18 @@ class Trainer:
                                 extra_metadata={"run_config": json.dumps(config_to_dict(self.cfg)),
                                                 "step": str(self.step)})
         return res
+
+    def _geometry(self, enc) -> dict:
+        """``geo_*``: modality-gap measures of an encoded split (:func:`gare.evaluate.geometry.split_geometry`)."""
+        from ..evaluate.geometry import split_geometry
+
+        try:
+            geo = split_geometry(self.model, enc.t, enc.v, enc.mask, enc.query_video, words=enc.words,
+                                 word_mask=enc.word_mask)
+        except Exception as e:  # noqa: BLE001 - a measurement must never stop training
+            log.warning("validation geometry failed at step %d: %s", self.step, e)
+            return {}
+        return {f"geo_{k}": float(v) for k, v in geo.items()}
 
     def _checkpoint(self) -> None:
         if self.dist.is_main:
