@@ -81,6 +81,44 @@ def test_load_model_on_a_folder(model, tiny_frames, tmp_path):
         gare.load_model(tmp_path / "nowhere.safetensors")
 
 
+def test_use_delta_false_drops_psi_and_logs_it(model, tiny_frames, tmp_path, caplog):
+    """``load_model(ckpt, use_delta=False)``: the same towers and temporal module without psi, i.e. the
+    plain cosine of t_i and the text-pooled vhat_ij; psi's tensors are dropped and named in the log."""
+    path = model.save(tmp_path / "gare.safetensors")
+    with caplog.at_level(logging.INFO, logger="gare.model.factory"):
+        plain = gare.load_model(path, use_delta=False)
+    assert plain.scorer.psi is None and not plain.cfg.scorer.use_delta
+    n_psi = sum(p.numel() for p in model.scorer.psi.parameters())
+    n_tensors = len(model.scorer.psi.state_dict())
+    msg = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"drops psi: {n_tensors} tensors, {n_psi} parameters" in msg and "mean_proj.weight" in msg
+    own = plain.state_dict()
+    assert all(torch.equal(own[k], model.state_dict()[k]) for k in own)
+    # reference: cosine of t_i and vhat_ij, the pooling softmax over <t_i, f_jk> / T
+    with torch.no_grad():
+        t = model.encode_text(TEXTS)
+        f = model.encode_video(tiny_frames)
+        w = (torch.einsum("td,vfd->tvf", t, f) / model.cfg.scorer.pool_temperature).softmax(-1)
+        vhat = torch.einsum("tvf,vfd->tvd", w, f)
+        ref = (F.normalize(t, dim=-1)[:, None] * F.normalize(vhat, dim=-1)).sum(-1)
+    torch.testing.assert_close(_scores(plain, tiny_frames), ref, atol=1e-5, rtol=0)
+    assert not torch.allclose(_scores(model, tiny_frames), ref, atol=1e-3)  # psi mattered
+    # a checkpoint without psi loads with use_delta=False without any message about psi
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="gare.model.factory"):
+        gare.load_model(plain.save(tmp_path / "plain.safetensors"), use_delta=False)
+    assert not any("drops psi" in r.getMessage() for r in caplog.records)
+
+
+def test_official_use_delta_false_drops_psi(model, tiny_frames, tmp_path, caplog):
+    path = tmp_path / "gare_official.bin"
+    torch.save(_official_sd(model), path)
+    with caplog.at_level(logging.INFO, logger="gare.model.factory"):
+        plain = gare.load_model(path, arch="tiny", use_delta=False)
+    assert plain.scorer.psi is None
+    assert "drops psi" in "\n".join(r.getMessage() for r in caplog.records)
+
+
 def test_folder_prefers_best_over_last(model, tmp_path):
     model.save(tmp_path / "last.safetensors")
     model.scorer.cfg.pool_temperature = 5.0

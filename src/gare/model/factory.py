@@ -69,7 +69,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", *, compat: 
                                   "convert official weights with `gare convert SRC DST`")
         cfg = merge_overrides(json.loads(meta["model_config"]), ov, ModelConfig, prefix="model")
         model = GareModel(cfg)
-        load_state_dict_strict(model, tensors, source=str(path))
+        load_state_dict_strict(model, drop_unused_psi(model, tensors, str(path)), source=str(path))
         return model.to(device).eval()
     sd = read_torch_state(path)
     if sd is not None and is_official_gare(sd):
@@ -86,6 +86,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", *, compat: 
     return model.to(device).eval()
 
 
+def drop_unused_psi(model: GareModel, tensors: dict[str, Tensor], source: str) -> dict[str, Tensor]:
+    """The checkpoint's tensors without psi's when ``model`` has none (``use_delta=False`` on a GARE
+    checkpoint: the no-Delta ablation of a trained model). Logs the dropped names and their parameter count;
+    any other mismatch is left to the strict loader."""
+    if model.scorer.psi is not None:
+        return tensors
+    dropped = sorted(k for k in tensors if k.startswith("scorer.psi."))
+    if not dropped:
+        return tensors
+    n = sum(tensors[k].numel() for k in dropped)
+    log.info("%s: use_delta=False drops psi: %d tensors, %d parameters (%s)", source, len(dropped), n,
+             ", ".join(k[len("scorer.psi."):] for k in dropped))
+    return {k: v for k, v in tensors.items() if k not in set(dropped)}
+
+
 def load_official_gare(sd: dict[str, Tensor], *, source: str, overrides: dict[str, Any] | None = None,
                        dataset: str | None = None, compat: str = "release") -> GareModel:
     """Build a :class:`GareModel` from an official GARE state dict (strict: every problem is named, with
@@ -100,6 +115,7 @@ def load_official_gare(sd: dict[str, Tensor], *, source: str, overrides: dict[st
             names.append("psi.* (a copy of agent.psi.*)")
         log.warning("%s: ignored %d tensors the official release stores but never uses: %s", source, len(ignored),
                     ", ".join(names[:12]))
+    mapped = drop_unused_psi(model, mapped, source)
     try:
         load_state_dict_strict(model, mapped, source=source, allow_missing=("backbone.clip.logit_bias",))
     except CheckpointError as e:
