@@ -15,6 +15,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from ..distributed import all_gather_nograd
+from ..model.fast_scorer import supports
+from ..model.gallery import VideoGallery
 from .metrics import t2v_v2t_metrics
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,19 @@ class EncodedSplit:
     mask: Tensor  # [N_v, F]
     words: Tensor | None = None  # [N_q, L, D] word embeddings (context="words" models only)
     word_mask: Tensor | None = None  # [N_q, L]
+    gallery: VideoGallery | None = None  # cached score bases of v (set by cache_gallery when v is scored twice)
+
+    def videos(self) -> tuple[Tensor | VideoGallery, Tensor | None]:
+        """What ``model.similarity`` scores: the gallery when one is cached (it holds the mask), else ``(v, mask)``."""
+        return (self.gallery, None) if self.gallery is not None else (self.v, self.mask)
+
+
+def cache_gallery(model, enc: EncodedSplit) -> None:
+    """Compute the per-video score bases of ``enc.v`` once (``model.gallery``), for a split whose videos are
+    scored by several sets of texts (e.g. the queries and a QB-Norm bank); no-op where the fast scorer
+    does not cover the model."""
+    if enc.gallery is None and supports(model.scorer):
+        enc.gallery = model.gallery(enc.v, enc.mask)
 
 
 def _shard(n: int, rank: int, world: int) -> range:
@@ -86,7 +101,8 @@ def encode_videos(model, video_ds, batch_size: int = 32, workers: int = 0, rank:
 
 
 def score_rows(model, enc: EncodedSplit, *, two_stage_k: int | None = None) -> Tensor:
-    return model.similarity(enc.t, enc.v, enc.mask, words=enc.words, word_mask=enc.word_mask,
+    v, mask = enc.videos()
+    return model.similarity(enc.t, v, mask, words=enc.words, word_mask=enc.word_mask,
                             two_stage_k=two_stage_k).float().cpu()
 
 

@@ -10,7 +10,15 @@ import torch
 
 from ..config import Config, ConfigError, load_config, merge_overrides
 from ..model.checkpoint import resolve_checkpoint, run_config
-from .protocol import EncodedSplit, encode_texts, encode_videos, evaluate_encoded, metrics_table, needs_words
+from .protocol import (
+    EncodedSplit,
+    cache_gallery,
+    encode_texts,
+    encode_videos,
+    evaluate_encoded,
+    metrics_table,
+    needs_words,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +65,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", config: 
         else:
             bank_texts = sorted({c for _, c in data.splits["train"].train_pairs()})[:5000]
             tb = encode_texts(model, bank_texts)
-            bank = model.similarity(tb, v, m).float().cpu()
+            cache_gallery(model, enc)  # the split's videos are scored twice: by the bank and by the queries
+            bank = model.similarity(tb, *enc.videos()).float().cpu()
             out_dir.mkdir(parents=True, exist_ok=True)
             torch.save(bank, cache)
     res = evaluate_encoded(model, enc, dsl=dsl, qb_bank=bank, two_stage_k=two_stage_k)

@@ -45,7 +45,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor, nn
@@ -214,21 +214,15 @@ def _linear_basis(P: Tensor, Z: Tensor, W: Tensor, b: Tensor, residual: bool = F
     return P2, Z2
 
 
-def _sq_norm(q: Tensor, lin: Tensor, zz: list[list[float]], rho: Tensor | float, zeta: Tensor) -> Tensor:
+def _sq_norm(q: Tensor, lin: Tensor, zz: Tensor, rho: Tensor | float, zeta: Tensor) -> Tensor:
     """``|x|^2`` for ``x = rho * alpha'P + zeta'Z`` from ``q = alpha'G_pp alpha [n_o, 1, n_p]``,
-    ``lin = G_pz' alpha [n_o, S, n_p]`` and the shared rows' Gram ``zz`` (S x S, S <= 4 or so);
-    ``zeta [n_o, S, n_p]``."""
+    ``lin = G_pz' alpha [n_o, S, n_p]`` and the shared rows' Gram ``zz [S, S]`` (S <= 4);
+    ``zeta [n_o or 1, S, n_p or 1]``."""
     out = rho * (rho * q + 2.0 * (lin * zeta).sum(1, keepdim=True))  # [n_o, 1, n_p]
-    for r in range(len(zz)):
-        zr = zeta[:, r:r + 1]  # [n_o, 1, n_p]
-        acc = zz[r][r] * zr  # [n_o, 1, n_p]
-        for c in range(r + 1, len(zz)):
-            acc = acc + (2.0 * zz[r][c]) * zeta[:, c:c + 1]  # [n_o, 1, n_p]
-        out = out + acc * zr  # [n_o, 1, n_p]
-    return out
+    return out + (torch.matmul(zz, zeta) * zeta).sum(1, keepdim=True)  # [n_o, 1, n_p]
 
 
-def _ln_step(q: Tensor, lin: Tensor, zz: list[list[float]], eps: float, dim: int, rho: Tensor | float,
+def _ln_step(q: Tensor, lin: Tensor, zz: Tensor, eps: float, dim: int, rho: Tensor | float,
              zeta: Tensor) -> tuple[Tensor, Tensor]:
     """Coefficients after a LayerNorm (its basis side is :func:`_ln_basis`): ``rho / sigma`` and
     ``[zeta / sigma; 1]``."""
@@ -255,7 +249,7 @@ class _OwnerLayer:
     kt: Tensor | None  # layer 0: [n_o, H*L, D] rows C(g1 * W_q[h]^T K_hl) / sqrt(d_h)
     ck: Tensor | None  # layer 0: [n_o, H*L, 1] <W_q b1 + b_q, K_hl> / sqrt(d_h)
     stack: Tensor  # [n_o, 3M + S2 + S3 + Sn + E (or H'L), M]
-    zz: tuple[list[list[float]], ...]  # shared-row Grams of the three norms (S x S)
+    zz: tuple[Tensor, Tensor, Tensor]  # [S_k, S_k] x3: shared-row Grams of the three norms
     eps: tuple[float, float, float | None]  # LayerNorm eps of the three norms (None: plain |Delta|^2)
     qk_z_next: Tensor | None  # [n_o, H'L, S_next] next layer's logits of the shared rows
 
@@ -285,9 +279,15 @@ def _attention_basis(lp: _Layer, kc: Tensor, vh: Tensor | None) -> Tensor:
     return torch.einsum("olhe,dhe->ohld", vh, lp.wo.view(D, H, D // H)).reshape(n_o, H * L, D)  # [n_o, HL, D]
 
 
-def _prepare_owner(layers: list[_Layer], wmu: Tensor, bmu: Tensor, ctx: Tensor, cmask: Tensor | None) -> _Owner:
-    """Everything psi needs that depends on the context owner only, with explicit basis rows (word
-    context: the owner is a text; ``ctx [n_o, L, D]`` its words, ``cmask [n_o, L]``)."""
+def _prepare_owner(layers: list[_Layer], wmu: Tensor, bmu: Tensor, ctx: Tensor, cmask: Tensor | None,
+                   extra: Tensor | None = None) -> _Owner:
+    """Everything psi needs that depends on the context owner only, with explicit basis rows: the words of
+    a text (word context), or the frames of a video with single-head psi layers (frame context, where
+    explicit rows cost ``4 F D^2`` per video).
+
+    ``ctx [n_o, L, D]``, ``cmask [n_o, L]``; ``extra [n_o, E, D]``: vectors whose products with the
+    final basis rows the caller needs per pair (they end the last layer's stack).
+    """
     n_o, L, D = ctx.shape
     kcs = [torch.nn.functional.layer_norm(ctx, (D,), lp.ln1.g, lp.ln1.b, lp.ln1.eps) for lp in layers]  # [n_o, L, D]
     mask = None if cmask is None else cmask.bool().view(n_o, 1, L, 1)  # [n_o, 1, L, 1]
@@ -333,11 +333,14 @@ def _prepare_owner(layers: list[_Layer], wmu: Tensor, bmu: Tensor, ctx: Tensor, 
         else:
             P, Z = _linear_basis(P, Z, wmu, bmu)  # [n_o, M, D], [3, D]
             gn = _Grams.of(P, Z)
-            tail = P.new_zeros(n_o, 0, P.shape[1])  # [n_o, 0, M]: no extra rows
+            if extra is not None:
+                tail = torch.bmm(extra, P.transpose(1, 2))  # [n_o, E, M]
+            else:
+                tail = P.new_zeros(n_o, 0, P.shape[1])  # [n_o, 0, M]
             eps_n = None
         stack = torch.cat([g2.pp, g3.pp, gn.pp, g2.pz.transpose(1, 2), g3.pz.transpose(1, 2),
                            gn.pz.transpose(1, 2), tail], dim=1)  # [n_o, 3M + S2 + S3 + Sn + E, M]
-        out.append(_OwnerLayer(H, mask, kt, ck, stack, (g2.zz.tolist(), g3.zz.tolist(), gn.zz.tolist()),
+        out.append(_OwnerLayer(H, mask, kt, ck, stack, (g2.zz, g3.zz, gn.zz),
                                (lp.ln2.eps, lp.ln3.eps, eps_n), qk_z_next))
     return _Owner(out, P, Z)
 
@@ -361,8 +364,8 @@ def _psi_coeffs(layers: list[_OwnerLayer], logits0: Tensor, dim: int) -> tuple[T
         off = 3 * M
         lins = []
         for zz in ol.zz:
-            lins.append(Y[:, off:off + len(zz)])  # [n_o, S_k, n_p]
-            off += len(zz)
+            lins.append(Y[:, off:off + zz.shape[0]])  # [n_o, S_k, n_p]
+            off += zz.shape[0]
         tail = Y[:, off:]  # [n_o, E or H'L, n_p]
         rho, zeta = 1.0, alpha.new_ones(1, 1, 1)
         for k in (0, 1):
@@ -410,7 +413,7 @@ class _LayerMaps:
 
     grams: tuple[Tensor, Tensor, Tensor]  # [D, D] x3: Gram of the basis rows at LN2's, LN3's and the "next" norm
     pz: tuple[Tensor, Tensor, Tensor]  # [D, S_k] x3: the same rows with the shared rows of each norm
-    zz: tuple[list[list[float]], ...]  # [S_k, S_k] x3: shared rows with shared rows
+    zz: tuple[Tensor, Tensor, Tensor]  # [S_k, S_k] x3: shared rows with shared rows
     eps: tuple[float, float, float | None]  # eps of LN2, LN3, next LN1 (None after the last layer: |Delta|^2)
     out_rows: Tensor  # [D, D] last layer: Delta's basis rows; else the next query's rows W_q' LN1'(.) / sqrt(d_h')
     z_out: Tensor  # [S, D] the matching shared rows (last one has coefficient 1)
@@ -432,7 +435,7 @@ def _layer_maps(lp: _Layer, nl: _Layer | None, wmu: Tensor, bmu: Tensor) -> _Lay
         P, Z = _linear_basis(P, Z, wmu, bmu)  # [1, D, D], [3, D]
         gn, eps_n = _Grams.of(P, Z), None
     return _LayerMaps((g2.pp[0], g3.pp[0], gn.pp[0]), (g2.pz[0], g3.pz[0], gn.pz[0]),
-                      (g2.zz.tolist(), g3.zz.tolist(), gn.zz.tolist()), (lp.ln2.eps, lp.ln3.eps, eps_n), P[0], Z)
+                      (g2.zz, g3.zz, gn.zz), (lp.ln2.eps, lp.ln3.eps, eps_n), P[0], Z)
 
 
 class _Plan:
@@ -454,8 +457,19 @@ class _Plan:
             self.heads, self.n_layers = self.layers[0].heads, len(self.layers)
             self.maps = [_layer_maps(lp, self.layers[i + 1] if i + 1 < len(self.layers) else None, self.wmu, self.bmu)
                          for i, lp in enumerate(self.layers)]
-            l0 = self.layers[0]
+            l0, ll = self.layers[0], self.layers[-1]
             self.c0 = l0.wq @ l0.ln1.b + l0.bq  # [D] W_q b1 + b_q
+            # single-head psi: the keys and values never need storing. <W_q LN1(q), W_k LN1(f_l) + b_k> and
+            # <t, P_l> are products of per-query vectors with the frames f_l themselves (scaled by f_l's
+            # LN1 1/sigma), so a gallery holds (F + 1) D numbers per video instead of (3F + 1) D.
+            self.frames_mode = l0.heads == 1 and ll.heads == 1
+            if self.frames_mode:
+                s0 = 1.0 / math.sqrt(self.dim)
+                out = self.maps[-1].out_rows  # [D, D]
+                self.qk_map = (l0.wq.T @ l0.wk) * s0  # [D, D]: x -> <W_q x, W_k y> as x' (.) y
+                self.qk_bias = (l0.wq.T @ (l0.wk @ l0.ln1.b + l0.bk)) * s0  # [D]
+                self.pv_map = out.T @ ll.wv  # [D, D]: t -> W_v' out_rows t
+                self.pv_bias = out.T @ (ll.wv @ ll.ln1.b + ll.bv)  # [D]
 
 
 _PLAN_CACHE_ATTR = "_gare_fast_plan_cache"
@@ -567,6 +581,8 @@ def _build_block(plan: _Plan, f: Tensor, mask: Tensor | None) -> VideoGallery:
         g.ff = f @ f.transpose(1, 2)  # [n, F, F]
     if not plan.use_delta:
         return g
+    if plan.frames_mode:
+        return _build_frames_mode(plan, g, f, mask, vs)
     kcs = [torch.nn.functional.layer_norm(f, (D,), lp.ln1.g, lp.ln1.b, lp.ln1.eps) for lp in plan.layers]  # [n, L, D]
     H = plan.heads
     dh = D // H
@@ -602,6 +618,27 @@ def _build_block(plan: _Plan, f: Tensor, mask: Tensor | None) -> VideoGallery:
                 g.zx = g.zx.transpose(1, 2)  # [n, S, 1]
             g.v_last = V.reshape(n, L, D)  # [n, L, D]
         g.stacks.append(torch.cat(pps + pzs + [tail], dim=1))  # [n, 3M + S2 + S3 + Sn + E (or H'L), M]
+    return g
+
+
+def _build_frames_mode(plan: _Plan, g: VideoGallery, f: Tensor, mask: Tensor | None, vs: _VideoStats) -> VideoGallery:
+    """Single-head psi: explicit basis rows (``4 F D^2`` per video), and per frame the LN1 scales that let
+    queries meet the frames directly (:class:`_Plan`, ``frames_mode``)."""
+    n, L, D = f.shape
+    extra = f if plan.cfg.pooling == "text" else vs.vbar[:, None]  # [n, E, D]
+    own = _prepare_owner(plan.layers, plan.wmu, plan.bmu, f, mask, extra)
+    g.stacks = [ol.stack for ol in own.layers]  # [n, 3M + S2 + S3 + Sn + E (or L), M] each
+    g.qkz = [ol.qk_z_next for ol in own.layers[:-1]]  # [n, L, S'] each
+    l0 = own.layers[0]
+    g.kv = torch.bmm(l0.kt, vs.vbar[:, :, None])[:, :, 0]  # [n, L] <vbar, Kt_l> = <W_q (g1 * C vbar), k_l> / sqrt(D)
+    g.ck = l0.ck[:, :, 0]  # [n, L]
+    g.zx = extra @ own.z_delta.T  # [n, E, S]
+    if plan.cfg.pooling == "mean":
+        g.zx = g.zx.transpose(1, 2)  # [n, S, 1]
+    fc = _center(f)  # [n, F, D]
+    sq = (fc * fc).sum(-1) / D  # [n, F]
+    g.sk = torch.rsqrt(sq + plan.layers[0].ln1.eps)  # [n, F] 1 / sigma of the frames' LN1 (layer 0: keys)
+    g.sv = torch.rsqrt(sq + plan.layers[-1].ln1.eps)  # [n, F] the same in the last layer (values)
     return g
 
 
@@ -661,20 +698,32 @@ def _check_gallery(plan: _Plan, g: VideoGallery, t: Tensor) -> None:
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class _Queries:
-    """What a text contributes per pair (frame context): itself, its query row and its Delta row."""
+    """What a text contributes per pair (frame context). ``x`` meets the gallery's ``tx`` rows (frames and
+    vbar) in one product; with multi-head psi ``qt`` and ``tp`` meet the stored keys and values head by head."""
 
-    t: Tensor  # [n, D]
-    qt: Tensor | None  # [n, D] W_q (g1 * C t): meets the layer-0 keys head by head
-    tp: Tensor | None  # [n, D] out_rows t: meets the last layer's values head by head (<t, P_hl>)
-    tz: Tensor | None  # [n, S] <t, Z_delta_s>
+    x: Tensor  # [n, k, D]: t (k = 1), or [t; a_k; a_v] for single-head psi (k = 3)
+    qt: Tensor | None = None  # [n, D] W_q (g1 * C t) (multi-head)
+    tp: Tensor | None = None  # [n, D] out_rows t (multi-head): <t, P_hl> = <tp[h], v_hl>
+    c: Tensor | None = None  # [n, 2] single-head: constant parts of the layer-0 logit and of <t, P_l>
+    tz: Tensor | None = None  # [n, S] <t, Z_delta_s>
+
+    def map(self, fn) -> _Queries:
+        return _Queries(*(None if getattr(self, k.name) is None else fn(getattr(self, k.name)) for k in fields(self)))
 
 
 def _queries(plan: _Plan, t: Tensor) -> _Queries:
     if not plan.use_delta:
-        return _Queries(t, None, None, None)
+        return _Queries(t[:, None])
     l0, last = plan.layers[0], plan.maps[-1]
-    qt = (l0.ln1.g * _center(t)) @ l0.wq.T  # [n, D]
-    return _Queries(t, qt, t @ last.out_rows.T, t @ last.z_out.T)  # [n, D], [n, D], [n, S]
+    x0 = l0.ln1.g * _center(t)  # [n, D] g1 * C t
+    tz = t @ last.z_out.T  # [n, S]
+    if plan.frames_mode:
+        ll = plan.layers[-1]
+        a_k = _center(l0.ln1.g * (x0 @ plan.qk_map))  # [n, D]: <a_k, f_l> / sigma_l + c_k = <W_q x0, k_l> / sqrt(D)
+        a_v = _center(ll.ln1.g * (t @ plan.pv_map))  # [n, D]: <a_v, f_l> / sigma_l + c_v = <t, P_l>
+        c = torch.stack([x0 @ plan.qk_bias, t @ plan.pv_bias], dim=1)  # [n, 2]
+        return _Queries(torch.stack([t, a_k, a_v], dim=1), c=c, tz=tz)  # x [n, 3, D]
+    return _Queries(t[:, None], qt=x0 @ l0.wq.T, tp=t @ last.out_rows.T, tz=tz)  # [n, 1, D], [n, D], [n, D]
 
 
 def _head_products(rows: Tensor, x: Tensor, heads: int, gathered: bool) -> Tensor:
@@ -700,20 +749,25 @@ def _gallery_layers(plan: _Plan, g: VideoGallery) -> list[_OwnerLayer]:
             for i, (lp, mp) in enumerate(zip(plan.layers, plan.maps))]
 
 
-def _score_block(plan: _Plan, g: VideoGallery, q: _Queries, ps: _TextStats, tz: Tensor | None,
-                 gathered: bool) -> Tensor:
+def _score_block(plan: _Plan, g: VideoGallery, q: _Queries, ps: _TextStats, gathered: bool) -> Tensor:
     """Scores ``[n_v, n_p]`` of a gallery block (compute dtype) against texts ``q`` (``[n_p, ...]``, or
-    ``[n_v, g, ...]`` when ``gathered``). ``ps``: text statistics shaped ``[1 or n_v, 1, n_p]``; ``tz``:
-    ``[1 or n_v, S, n_p]``."""
+    ``[n_v, n_p, ...]`` when ``gathered``: one set of texts per video). ``ps``: text statistics shaped
+    ``[1 or n_v, 1, n_p]``."""
     cfg, D = plan.cfg, plan.dim
     n_v, Fr = len(g), g.frames
+    k = q.x.shape[-2]
     if gathered:
-        Gt = torch.bmm(g.tx, q.t.transpose(1, 2))  # [n_v, F + 1, n_p]
+        n_p = q.x.shape[1]
+        G = torch.bmm(g.tx, q.x.reshape(n_v, n_p * k, D).transpose(1, 2))  # [n_v, F + 1, n_p * k]
+        G = G.view(n_v, Fr + 1, n_p, k).permute(3, 0, 1, 2)  # [k, n_v, F + 1, n_p]
     else:
-        Gt = (g.tx.reshape(-1, D) @ q.t.T).view(n_v, Fr + 1, -1)  # [n_v, F + 1, n_p]
-    tv = Gt[:, Fr:]  # [n_v, 1, n_p] <t, vbar>
+        n_p = q.x.shape[0]
+        G = q.x.reshape(n_p * k, D) @ g.tx.reshape(-1, D).T  # [n_p * k, n_v * (F + 1)] (faster than tx @ x' here)
+        G = G.view(n_p, k, n_v, Fr + 1).permute(1, 2, 3, 0)  # [k, n_v, F + 1, n_p]
+    G = G.contiguous()  # [k, n_v, F + 1, n_p]
+    tv = G[0, :, Fr:]  # [n_v, 1, n_p] <t, vbar>
     if cfg.pooling == "text":
-        tf = Gt[:, :Fr]  # [n_v, F, n_p] <t, f>
+        tf = G[0, :, :Fr]  # [n_v, F, n_p] <t, f>
         lg = tf * plan.inv_temp  # [n_v, F, n_p]
         if g.mask is not None:
             lg = lg.masked_fill(~g.mask[:, :, None], float("-inf"))
@@ -725,7 +779,13 @@ def _score_block(plan: _Plan, g: VideoGallery, q: _Queries, ps: _TextStats, tz: 
         vhat_sq = g.vv.view(n_v, 1, 1)  # [n_v, 1, 1]
     if not plan.use_delta:
         return final_cosine(t_vhat, ps.tt, vhat_sq)[:, 0]  # [n_v, n_p]
-    gk = _head_products(g.k0, q.qt, plan.heads, gathered)  # [n_v, M, n_p] <W_q[h] (g1 * C t), k0_hl>
+    c = None if q.c is None else (q.c.T[:, None, None] if not gathered else q.c.permute(2, 0, 1)[:, :, None])
+    if plan.frames_mode:  # c [2, 1 or n_v, 1, n_p]
+        gk = torch.addcmul(c[0], G[1, :, :Fr], g.sk[:, :, None])  # [n_v, L, n_p] <W_q (g1 * C t), k_l> / sqrt(D)
+        tp = torch.addcmul(c[1], G[2, :, :Fr], g.sv[:, :, None])  # [n_v, L, n_p] <t, P_l>
+    else:
+        gk = _head_products(g.k0, q.qt, plan.heads, gathered)  # [n_v, M, n_p] <W_q[h] (g1 * C t), k0_hl>
+        tp = _head_products(g.v_last, q.tp, plan.layers[-1].heads, gathered)  # [n_v, M, n_p] <t, P_hl>
     ck = g.ck[:, :, None]  # [n_v, M, 1]
     if cfg.query == "gap":
         inv_q = _gap_inv_sigma(plan.ln1, plan.sign, ps.tt_c, g.vv_c.view(n_v, 1, 1), tv,
@@ -734,7 +794,7 @@ def _score_block(plan: _Plan, g: VideoGallery, q: _Queries, ps: _TextStats, tz: 
     else:
         logits0 = torch.addcmul(ck, ps.inv_t, gk)  # [n_v, M, n_p]
     alpha, rho, zeta, dd, xp = _psi_coeffs(_gallery_layers(plan, g), logits0, D)  # xp [n_v, E, n_p]
-    tp = _head_products(g.v_last, q.tp, plan.layers[-1].heads, gathered)  # [n_v, M, n_p] <t, P_delta>
+    tz = q.tz.T[None] if not gathered else q.tz.transpose(1, 2)  # [1 or n_v, S, n_p]
     t_delta = rho * (alpha * tp).sum(1, keepdim=True) + (zeta * tz).sum(1, keepdim=True)  # [n_v, 1, n_p]
     if cfg.pooling == "text":
         d_vhat = ((rho * xp + torch.bmm(g.zx, zeta)) * w).sum(1, keepdim=True)  # [n_v, 1, n_p]
@@ -746,15 +806,14 @@ def _score_block(plan: _Plan, g: VideoGallery, q: _Queries, ps: _TextStats, tz: 
 
 def _score_dense(plan: _Plan, g: VideoGallery, q: _Queries, ts: _TextStats, out: Tensor, memory_budget: int) -> None:
     """``out [N_t, n_v] = scores`` of every text against a gallery block, in cache-sized pair blocks."""
-    n_v, N_t = len(g), q.t.shape[0]
+    n_v, N_t = len(g), q.x.shape[0]
     M = plan.heads * g.frames
     per_pair = 4 * (g.frames * 4 + M * 12 + 64)
     bp = int(max(1, min(N_t, PAIRS_PER_BLOCK // max(n_v, 1) or 1, (0.4 * memory_budget) // (per_pair * n_v))))
     for i in range(0, N_t, bp):
-        qi = _Queries(*(None if x is None else x[i:i + bp] for x in (q.t, q.qt, q.tp, q.tz)))
+        qi = q.map(lambda x: x[i:i + bp])  # noqa: B023 - called right away
         ps = ts.slice(i, bp).map(lambda x: x.view(1, 1, -1))  # [1, 1, n_p] each
-        tz = qi.tz.T[None] if qi.tz is not None else None  # [1, S, n_p]
-        out[i:i + bp] = _score_block(plan, g, qi, ps, tz, gathered=False).T
+        out[i:i + bp] = _score_block(plan, g, qi, ps, gathered=False).T
 
 
 def _score_blocks(n_videos: int, n_texts: int, memory_budget: int) -> int:
@@ -1036,11 +1095,9 @@ def fast_pair_similarity(scorer: PairScorer, t: Tensor, f: Tensor | VideoGallery
             break
         idx = text_idx[vid, :g].clamp_min(0)  # [n_o, g]
         flat = idx.reshape(-1)  # [n_o * g]
-        qg = _Queries(*(None if x is None else x.index_select(0, flat).view(*idx.shape, -1)
-                        for x in (q.t, q.qt, q.tp, q.tz)))  # [n_o, g, .] each
+        qg = q.map(lambda x: x.index_select(0, flat).view(*idx.shape, *x.shape[1:]))  # noqa: B023 - [n_o, g, ...]
         ps = ts.gather(idx)  # [n_o, 1, g] each
-        tz = qg.tz.transpose(1, 2) if qg.tz is not None else None  # [n_o, S, g]
-        res = _score_block(plan, block(vid), qg, ps, tz, gathered=True).to(out_dtype)  # [n_o, g]
+        res = _score_block(plan, block(vid), qg, ps, gathered=True).to(out_dtype)  # [n_o, g]
         valid = text_idx[vid, :g] >= 0  # [n_o, g]
         out[vid, :g] = torch.where(valid, res, out[vid, :g])
     return out

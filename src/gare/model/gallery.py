@@ -22,7 +22,7 @@ from torch import Tensor
 
 GALLERY_FORMAT = "gare-gallery-v1"
 _META_KEY = "__meta__"
-ROW_FIELDS = ("tx", "k0", "v_last")  # the (3F + 1) D numbers per video that each query reads
+ROW_FIELDS = ("tx", "k0", "v_last")  # the D-sized rows per video that each query reads
 
 
 @dataclass
@@ -41,10 +41,12 @@ class VideoGallery:
     mask: Tensor | None = None  # [N, F] bool, True = valid frame (None: no padding)
     ff: Tensor | None = None  # [N, F, F] frame Gram (text pooling)
     zx: Tensor | None = None  # [N, F, S] frames x Delta's shared rows (text pooling) or [N, S, 1] vbar x them
-    k0: Tensor | None = None  # [N, L, D] layer-0 keys / sqrt(d_h), head h in columns h*d_h .. (h+1)*d_h
+    sk: Tensor | None = None  # [N, F] single-head psi: 1 / sigma of each frame's layer-0 LN1 (queries meet tx)
+    sv: Tensor | None = None  # [N, F] single-head psi: the same with the last layer's LN1 eps
+    k0: Tensor | None = None  # [N, L, D] multi-head: layer-0 keys / sqrt(d_h), head h in columns h*d_h ..
     kv: Tensor | None = None  # [N, M] <W_q[h] (g1 * C vbar), k0_hl> (gap query)
     ck: Tensor | None = None  # [N, M] <W_q[h] b1 + b_q[h], k0_hl>
-    v_last: Tensor | None = None  # [N, L, D] values of the last psi layer (head blocks as k0)
+    v_last: Tensor | None = None  # [N, L, D] multi-head: values of the last psi layer (head blocks as k0)
     stacks: list[Tensor] = field(default_factory=list)  # per psi layer [N, 3M + S2 + S3 + Sn + E (or H'L), M]
     qkz: list[Tensor] = field(default_factory=list)  # per psi layer but the last [N, H'L, S'] shared-row logits
 
