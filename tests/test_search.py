@@ -149,8 +149,8 @@ def test_float16_storage_halves_the_shards_and_rounds_within_half_precision(shap
     ids32, f32, m32, mean32 = load_embeddings(built_index)
     assert f16.dtype == torch.float16 and np.array_equal(ids, ids32) and torch.equal(m16, m32)
     assert torch.equal(f16, f32.half()) and torch.equal(mean16, mean32)  # only the frames are rounded
-    size = lambda d: sum(p.stat().st_size for p in (d / "shards").iterdir())  # noqa: E731
-    assert 0.45 < size(out) / size(built_index) < 0.6
+    size = lambda d: sum(p.stat().st_size for p in [*(d / "shards").iterdir(), *(d / "bases").iterdir()])  # noqa: E731
+    assert 0.45 < size(out) / size(built_index) < 0.6  # the D-sized rows (frames, keys, values) are halved
     with pytest.raises(IndexMismatchError, match="dtype: index has 'float16', asked for 'float32'"):
         build_index(shapes20, tiny_ckpt, out)
 
@@ -474,3 +474,98 @@ def test_symlinks_out_of_the_folder_are_not_followed_unless_asked(shapes20, tiny
     assert rep.outside == []
     eng = SearchEngine.open(out2)
     assert eng.video_file(_ids_by_path(out2)["out.mp4"]) == folder / "out.mp4"
+
+
+# ------------------------------------------------------------------------------- stored score bases
+def test_search_and_exhaustive_use_the_stored_bases_and_equal_the_reference(engine, built_index, capsys):
+    """The index stores model.gallery() of every shard; search slices it (no recomputation) and
+    --exhaustive scores every video from it: both equal the blockwise reference within 1e-5."""
+    from safetensors.torch import load_file
+
+    from gare.search.store import BASES_DIR, SHARD_DIR
+
+    shards = sorted(p.name for p in (built_index / SHARD_DIR).iterdir())
+    assert shards == sorted(p.name for p in (built_index / BASES_DIR).iterdir())
+    assert all("frames" not in load_file(str(built_index / SHARD_DIR / s)) for s in shards)  # frames live in tx
+    assert engine.rows.has_bases
+    ids, f, m, _mean = load_embeddings(built_index)
+    for q in QUERIES[:3]:
+        t = engine.model.encode_text([q])
+        ref = engine.model.similarity(t, f.float(), m, fast=False)[0]  # [N] blockwise reference
+        np.testing.assert_allclose(engine.score_all(t), ref.numpy(), rtol=0, atol=1e-5)
+        pos = np.array([7, 0, 19, 3])
+        np.testing.assert_allclose(engine.score(t, pos), ref[pos].numpy(), rtol=0, atol=1e-5)
+        ex = engine.search(q, k=10, exhaustive=True)
+        best = sorted(range(len(ids)), key=lambda j: (-ref[j].item(), ids[j]))[:10]
+        assert [h.id for h in ex] == [int(ids[j]) for j in best]
+        np.testing.assert_allclose([h.score for h in ex], [ref[j].item() for j in best], rtol=0, atol=1e-5)
+        two = engine.search(q, k=10, rerank_k=len(ids))
+        assert [h.id for h in two] == [h.id for h in ex]
+        np.testing.assert_allclose([h.score for h in two], [h.score for h in ex], rtol=0, atol=1e-5)
+        np.testing.assert_allclose([h.first_stage for h in two], [h.first_stage for h in ex], rtol=0, atol=1e-6)
+    rc, stdout, err = _gare("search", str(built_index), QUERIES[0], "-k", "5", "--exhaustive", "--json",
+                            capsys=capsys)
+    assert rc == 0, err
+    assert [h["id"] for h in json.loads(stdout)["results"]] == [h.id for h in engine.search_exhaustive(QUERIES[0], 5)]
+
+
+def test_mmap_safetensors_reads_what_safetensors_wrote(tmp_path):
+    from safetensors.torch import save_file
+
+    from gare.search.store import mmap_safetensors
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"f32": torch.randn(3, 4, 5, generator=g), "f16": torch.randn(7, generator=g).half(),
+               "bf16": torch.randn(2, 3, generator=g).bfloat16(), "i64": torch.arange(-3, 9),
+               "b": torch.rand(4, 6, generator=g) > 0.5, "u8": torch.arange(250, dtype=torch.uint8),
+               "empty": torch.zeros(0, 512)}
+    save_file(tensors, str(tmp_path / "x.safetensors"))
+    back = mmap_safetensors(tmp_path / "x.safetensors")
+    assert back.keys() == tensors.keys()
+    for k, v in tensors.items():
+        assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
+
+
+def _as_v1(src: Path, dst: Path) -> None:
+    """Rewrite an index as gare-video-index-v1 wrote it: frames in the shards, no bases/, format v1."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    for p in (dst / "shards").iterdir():
+        t = load_file(str(p))
+        b = load_file(str(dst / "bases" / p.name))
+        t["frames"] = b["tx"][:, :-1].contiguous()
+        save_file(t, str(p))
+    shutil.rmtree(dst / "bases")
+    con = sqlite3.connect(dst / DB_NAME)
+    with con:
+        con.execute("UPDATE meta SET value = 'gare-video-index-v1' WHERE key = 'format'")
+    con.close()
+
+
+def test_old_index_without_bases_is_searched_and_upgraded_in_place(built_index, shapes20, tiny_ckpt, engine,
+                                                                   tmp_path, caplog):
+    old = tmp_path / "v1"
+    _as_v1(built_index, old)
+    with caplog.at_level("WARNING"):
+        eng = SearchEngine.open(old)
+    assert f"gare index {shapes20.resolve()} --model {tiny_ckpt.resolve()} --out {old}" in caplog.text
+    want = {q: [(h.id, h.score) for h in engine.search(q, k=8)] for q in QUERIES}
+    for q in QUERIES:  # bases computed in memory: the same results
+        got = [(h.id, h.score) for h in eng.search(q, k=8)]
+        assert [i for i, _ in got] == [i for i, _ in want[q]]
+        np.testing.assert_allclose([s for _, s in got], [s for _, s in want[q]], rtol=0, atol=1e-6)
+    rep = build_index(shapes20, tiny_ckpt, old)  # upgrade in place: no video decoded again
+    assert (rep.added, rep.unchanged, rep.total) == (0, 20, 20)
+    assert sorted(p.name for p in (old / "bases").iterdir()) == sorted(p.name for p in (old / "shards").iterdir())
+    from gare.search.store import INDEX_FORMAT, open_index_meta
+
+    assert open_index_meta(old)["format"] == INDEX_FORMAT
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        eng = SearchEngine.open(old)
+    assert "no stored score bases" not in caplog.text and eng.rows.has_bases
+    for q in QUERIES:
+        got = [(h.id, h.score) for h in eng.search(q, k=8)]
+        assert [i for i, _ in got] == [i for i, _ in want[q]]
+        np.testing.assert_allclose([s for _, s in got], [s for _, s in want[q]], rtol=0, atol=1e-6)

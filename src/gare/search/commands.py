@@ -54,7 +54,7 @@ def cmd_search(a) -> int:
         validate_query(a.query)
         validate_k(a.k)
         engine = _open(a)
-        hits = engine.search(a.query, a.k)
+        hits = engine.search(a.query, a.k, exhaustive=a.exhaustive)
     except ValueError as e:  # QueryError, SearchIndexError, bad options
         return _fail(str(e))
     if a.json:
@@ -122,6 +122,8 @@ def add_search_commands(sub) -> None:
     s.add_argument("query", help="what the video shows")
     s.add_argument("-k", type=int, default=10, help=f"number of results (1 to {MAX_K})")
     s.add_argument("--json", action="store_true", help="print the results as JSON")
+    s.add_argument("--exhaustive", action="store_true",
+                   help="score every indexed video exactly with GARE (no first stage; slower on large indexes)")
     _engine_options(s)
     s.set_defaults(func=cmd_search)
 

@@ -33,13 +33,16 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..data.video import FrameTransform, iter_video_files
+from ..model import fast_scorer
 from ..model.checkpoint import resolve_checkpoint
 from ..model.factory import load_model
+from ..model.gallery import VideoGallery
 from .media import DecodedVideo, decode_video
 from .store import (
     DB_NAME,
     DTYPES,
     INDEX_FORMAT,
+    OLD_FORMATS,
     SHARD_DIR,
     THUMB_DIR,
     Damaged,
@@ -49,6 +52,7 @@ from .store import (
     IndexSettings,
     SearchIndexError,
     StagingWriter,
+    add_bases,
     checkpoint_sampling,
     cleanup,
     compact,
@@ -273,6 +277,7 @@ def _build(ranks: Ranks, video_dir, model, out, *, update: bool, framerate, max_
             con = stack.enter_context(closing(connect(out / DB_NAME)))
             settings = _settings(con, out, root, ckpt, framerate, max_frames, decoder, dtype, device)
             cleanup(con, out)
+            _upgrade(con, out, ckpt, device, settings)
             with con:
                 con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('follow_symlinks', ?)",
                             ("1" if follow_symlinks else "0",))
@@ -330,14 +335,42 @@ def _settings(con: sqlite3.Connection, out: Path, root: Path, ckpt: Path, framer
     return settings
 
 
+def supports_gallery(gmodel) -> bool:
+    """Whether the model's scorer has exact cached bases (``model.gallery``); other configurations are
+    indexed with their frames only and scored from them."""
+    return fast_scorer.supports(gmodel.scorer)
+
+
+def gallery_of(gmodel, frames: torch.Tensor, mask: torch.Tensor, dtype: str) -> VideoGallery:
+    """The bases of ``frames [n, F, D]`` float32 (``mask [n, F]``), rows stored in ``dtype``, on the CPU."""
+    with torch.inference_mode():
+        g = gmodel.gallery(frames.to(gmodel.device), mask.to(gmodel.device),
+                           dtype=torch.float16 if dtype == "float16" else None)
+    return g.to("cpu")
+
+
+def _upgrade(con: sqlite3.Connection, out: Path, ckpt: Path, device: str, settings: IndexSettings) -> None:
+    """An index of an older format gets its bases in place (no video is decoded again)."""
+    meta = read_meta(con)
+    if meta.get("format") == INDEX_FORMAT:
+        return
+    gmodel = load_model(ckpt, device=device)
+    if supports_gallery(gmodel):
+        n = add_bases(con, out, lambda f, m: gallery_of(gmodel, f.float(), m, settings.dtype))
+        log.info("index %s: upgraded to %s (bases written for %d shard(s))", out, INDEX_FORMAT, n)
+    with con:
+        con.execute("UPDATE meta SET value = ? WHERE key = 'format'", (INDEX_FORMAT,))
+
+
 def _mismatch_message(out: Path, diff: list[str]) -> str:
     return (f"index {out} was built with other settings and cannot take these ({'; '.join(diff)}). "
             "Use the same model and sampling settings, or choose another --out folder (or delete this one).")
 
 
 def _check_existing(meta: dict, out: Path, root: Path, model_id: str, samp: dict, dtype: str) -> None:
-    if meta.get("format") != INDEX_FORMAT:
-        raise SearchIndexError(f"{out / DB_NAME}: unknown index format {meta.get('format')!r}")
+    if meta.get("format") not in (INDEX_FORMAT, *OLD_FORMATS):
+        raise SearchIndexError(f"{out / DB_NAME}: unknown index format {meta.get('format')!r} (this gare writes "
+                               f"{INDEX_FORMAT}); choose another --out folder")
     if Path(meta["root"]) != root:
         raise IndexMismatchError(f"index {out} belongs to the folder {meta['root']}, not {root}; "
                                  "choose another --out folder for this one")
@@ -423,6 +456,7 @@ def _encode_share(ranks: Ranks, out: Path, ckpt: Path, plan: _Plan, report: Inde
         return
     settings = plan.settings
     gmodel = load_model(ckpt, device=device)  # same file as the settings' sha256 (checked by rank 0)
+    with_bases = supports_gallery(gmodel)
     transform = FrameTransform(settings.image_size, train=False)
     dtype = DTYPES[settings.dtype]
     writer = StagingWriter(out, ranks.rank)
@@ -441,13 +475,17 @@ def _encode_share(ranks: Ranks, out: Path, ckpt: Path, plan: _Plan, report: Inde
         v, mean = v.cpu(), mean.cpu()
         for j, it in enumerate(batch):
             done.append(Encoded(it.rel, it.size, it.mtime_ns, it.duration, it.width, it.height, it.thumb,
-                                v[j].to(dtype), m[j], mean[j]))
+                                v[j], m[j], mean[j]))
         batch.clear()
 
     def flush() -> None:
         encode()
         if done or bad:
-            writer.write(done, bad)
+            gallery = None
+            if done and with_bases:
+                frames = torch.stack([e.frames for e in done])  # [n, F, D] float32
+                gallery = gallery_of(gmodel, frames, torch.stack([e.mask for e in done]), settings.dtype)
+            writer.write(done, bad, gallery, dtype)
             report.added += len(done)
             report.new_damaged += len(bad)
         done.clear()

@@ -3,8 +3,9 @@
 First stage: FAISS inner product between the normalized query embedding and the normalized mean video
 embeddings vbar (exact ``IndexFlatIP`` by default; ``IndexIVFFlat`` for large collections). Second stage:
 the top ``rerank_k`` candidates are rescored with the full GARE score (text-conditioned pooling + Delta)
-through ``GareModel.similarity``, and the best ``k`` are returned. With ``rerank_k >= N`` the search is
-exhaustive: every video gets its GARE score.
+through ``GareModel.similarity`` on their stored score bases (the index's memory-mapped ``bases/`` files,
+sliced to the candidates: nothing per video is recomputed), and the best ``k`` are returned.
+``exhaustive=True`` skips the first stage: every video gets its exact GARE score, shard by shard.
 
 A :class:`SearchEngine` is safe to share between threads: model calls are serialized by a lock, and
 everything else it holds is read-only after :meth:`SearchEngine.open`.
@@ -26,13 +27,17 @@ import torch
 
 from ..model.checkpoint import resolve_checkpoint
 from ..model.factory import load_model
+from ..model.gallery import VideoGallery
+from .index import gallery_of, supports_gallery
 from .store import (
     THUMB_DIR,
     IndexMismatchError,
     SearchIndexError,
+    Shard,
     connect_readonly,
     file_sha256,
-    load_embeddings,
+    gather,
+    gather_rows,
     open_index_meta,
 )
 
@@ -40,7 +45,7 @@ log = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 1000
 MAX_K = 100
-DEFAULT_RERANK_K = 256  # method.md section 6: on MSR-VTT 1k-A the top 256 held all of GARE's top 10
+DEFAULT_RERANK_K = 256  # the paper's K (docs/performance.md section 2; first-stage recall curves in docs/scale.md)
 IVF_MIN_VIDEOS = 50_000  # "auto" switches from the exact flat index to IVF at this collection size
 _FORBIDDEN_CATEGORIES = {"Cc", "Cs", "Co", "Cn", "Zl", "Zp"}
 
@@ -111,13 +116,44 @@ class VideoRecord:
     height: int | None
 
 
+class IndexRows:
+    """The embeddings of an open index in id order (position ``p`` = the p-th smallest id), read from its
+    memory-mapped shards: only the rows a query touches are paged in."""
+
+    def __init__(self, parts: list[tuple[Shard, torch.Tensor, torch.Tensor]], n: int):
+        self.shards = [sh for sh, _, _ in parts]
+        self.rows = [r for _, r, _ in parts]  # per shard: its rows that are live, in position order
+        self.positions = [p for _, _, p in parts]
+        self.part_of = np.zeros(n, dtype=np.int64)
+        self.row_of = np.zeros(n, dtype=np.int64)
+        for i, (_sh, r, p) in enumerate(parts):
+            self.part_of[p.numpy()] = i
+            self.row_of[p.numpy()] = r.numpy()
+        self.has_bases = bool(parts) and all(sh.gallery is not None for sh in self.shards)
+
+    def pick(self, pos: np.ndarray, with_gallery: bool) -> tuple[dict[str, torch.Tensor], VideoGallery | None]:
+        """The rows at positions ``pos`` (in that order): tensors ``frames``, ``mask`` and their bases."""
+        parts = []
+        for i in np.unique(self.part_of[pos]):
+            sel = np.nonzero(self.part_of[pos] == i)[0]
+            parts.append((self.shards[i], torch.from_numpy(self.row_of[pos[sel]]), torch.from_numpy(sel)))
+        _, t, g = gather(parts, with_gallery=with_gallery, keys=("frames", "mask"))
+        return t, g
+
+    def mean(self) -> torch.Tensor:
+        """``[N, D]`` float32 vbar of every video (the first-stage vectors, in memory)."""
+        parts = [(sh, r, p) for sh, r, p in zip(self.shards, self.rows, self.positions)]
+        if not parts:
+            return torch.zeros(0, 0)
+        return gather(parts, with_gallery=False, keys=("mean",))[1]["mean"].float()
+
+
 class SearchEngine:
     """Loaded index + model. Build with :meth:`open`; query with :meth:`search`."""
 
-    def __init__(self, index_dir: Path, model, root: Path, records: list[VideoRecord], frames: torch.Tensor,
-                 mask: torch.Tensor, mean: torch.Tensor, meta: dict, *, rerank_k: int = DEFAULT_RERANK_K,
-                 first_stage: str = "auto", nlist: int | None = None, nprobe: int | None = None,
-                 fast: bool = True):
+    def __init__(self, index_dir: Path, model, root: Path, records: list[VideoRecord], rows: IndexRows, meta: dict,
+                 *, rerank_k: int = DEFAULT_RERANK_K, first_stage: str = "auto", nlist: int | None = None,
+                 nprobe: int | None = None, fast: bool = True):
         if first_stage not in ("auto", "flat", "ivf"):
             raise ValueError(f"first_stage must be 'auto', 'flat' or 'ivf', got {first_stage!r}")
         if rerank_k < 1:
@@ -130,15 +166,15 @@ class SearchEngine:
         self.records = records
         self.by_id = {r.id: r for r in records}
         self.ids = np.array([r.id for r in records], dtype=np.int64)
-        self.frames = frames  # [N, F, D], stored dtype
-        self.mask = mask  # [N, F]
+        self.rows = rows
         self.meta = meta
         self.rerank_k = int(rerank_k)
-        self.fast = bool(fast)  # GareModel.similarity's exact fast scorer (False: blockwise reference)
+        # GareModel.similarity's exact fast scorer on the stored bases (False: blockwise reference on the frames)
+        self.fast = bool(fast)
         self._lock = threading.Lock()
-        vbar = torch.nn.functional.normalize(mean.float(), dim=-1).numpy()
-        self.first_stage_kind, self._index = _first_stage_index(np.ascontiguousarray(vbar, dtype=np.float32),
-                                                                first_stage, nlist, nprobe)
+        mean = rows.mean() if len(records) else torch.zeros(0, int(meta["settings"]["embed_dim"]))
+        self.vbar = np.ascontiguousarray(torch.nn.functional.normalize(mean, dim=-1).numpy(), dtype=np.float32)
+        self.first_stage_kind, self._index = _first_stage_index(self.vbar, first_stage, nlist, nprobe)
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
@@ -172,18 +208,27 @@ class SearchEngine:
         gmodel = load_model(ckpt, device=device).eval()
         con = connect_readonly(index_dir)
         try:
-            rows = con.execute("SELECT id, path, size, duration, n_frames, width, height FROM videos "
-                               "ORDER BY id").fetchall()
-            ids, frames, mask, mean = load_embeddings(index_dir, con)
+            records = [VideoRecord(*r) for r in con.execute(
+                "SELECT id, path, size, duration, n_frames, width, height FROM videos ORDER BY id")]
+            ids, parts = gather_rows(index_dir, con)
         finally:
             con.close()
-        records = [VideoRecord(*r) for r in rows]
         if [r.id for r in records] != ids.tolist():
             raise SearchIndexError(f"index {index_dir} changed while it was being read; open it again")
-        eng = cls(index_dir, gmodel, Path(root) if root is not None else Path(meta["root"]), records, frames, mask,
-                  mean, meta, rerank_k=rerank_k, first_stage=first_stage, nlist=nlist, nprobe=nprobe, fast=fast)
-        log.info("search index %s: %d videos, first stage %s, rerank K=%d (loaded in %.1f s)", index_dir,
-                 len(records), eng.first_stage_kind, rerank_k, time.perf_counter() - t0)
+        missing = [sh for sh, _, _ in parts if sh.gallery is None]
+        if missing and fast and supports_gallery(gmodel):
+            log.warning("index %s has no stored score bases (format %s); computing them in memory for this "
+                        "session. Store them once (no video is decoded again): gare index %s --model %s --out %s",
+                        index_dir, meta.get("format"), meta["root"], meta["model_path"], index_dir)
+            for sh in missing:
+                sh.gallery = gallery_of(gmodel, sh.tensors["frames"].float(), sh.tensors["mask"].bool(),
+                                        settings.get("dtype", "float32"))
+        eng = cls(index_dir, gmodel, Path(root) if root is not None else Path(meta["root"]), records,
+                  IndexRows(parts, len(records)), meta, rerank_k=rerank_k, first_stage=first_stage, nlist=nlist,
+                  nprobe=nprobe, fast=fast)
+        log.info("search index %s: %d videos, first stage %s, rerank K=%d, %s (loaded in %.1f s)", index_dir,
+                 len(records), eng.first_stage_kind, rerank_k,
+                 "stored bases" if eng.rows.has_bases else "frames only", time.perf_counter() - t0)
         return eng
 
     # -- information --------------------------------------------------------------------------------
@@ -221,9 +266,35 @@ class SearchEngine:
         with torch.inference_mode():
             return self.model.encode_text([text]).float()
 
-    def search(self, query: str, k: int = 10, *, rerank_k: int | None = None) -> list[Hit]:
-        """Top ``k`` videos for ``query``: FAISS top ``rerank_k`` by cos(t, vbar), reranked by GARE.
-        Ties in the GARE score are broken by video id."""
+    def score(self, t: torch.Tensor, pos: np.ndarray) -> np.ndarray:
+        """Exact GARE scores ``[len(pos)]`` of the text embedding ``t [1, D]`` against the videos at positions
+        ``pos``: from their stored bases (only their rows are read), else from their frames."""
+        use_bases = self.fast and self.rows.has_bases
+        tensors, g = self.rows.pick(pos, with_gallery=use_bases)
+        if use_bases:
+            S = self.model.similarity(t, g)
+        else:
+            S = self.model.similarity(t, tensors["frames"].float(), tensors["mask"].bool(), fast=self.fast)
+        return S[0].float().cpu().numpy()
+
+    def score_all(self, t: torch.Tensor) -> np.ndarray:
+        """Exact GARE scores ``[N]`` of ``t [1, D]`` against every indexed video, shard by shard (each shard's
+        bases scored as one batch of candidates)."""
+        out = np.empty(len(self), dtype=np.float32)
+        use_bases = self.fast and self.rows.has_bases
+        for sh, rows, pos in zip(self.rows.shards, self.rows.rows, self.rows.positions):
+            if use_bases:
+                S = self.model.similarity(t, sh.gallery)[0]  # [rows in the shard], dead rows included
+            else:
+                S = self.model.similarity(t, sh.tensors["frames"].float(), sh.tensors["mask"].bool(),
+                                          fast=self.fast)[0]
+            out[pos.numpy()] = S.float().cpu().numpy()[rows.numpy()]
+        return out
+
+    def search(self, query: str, k: int = 10, *, rerank_k: int | None = None, exhaustive: bool = False) -> list[Hit]:
+        """Top ``k`` videos for ``query``: FAISS top ``rerank_k`` by cos(t, vbar), reranked by GARE; with
+        ``exhaustive`` every video gets its exact GARE score (no first stage). Ties in the GARE score are
+        broken by video id."""
         text = validate_query(query)
         k = validate_k(k)
         n = len(self)
@@ -233,24 +304,28 @@ class SearchEngine:
         with self._lock:
             t = self.encode_query(text)  # [1, D]
             tn = torch.nn.functional.normalize(t, dim=-1).cpu().numpy().astype(np.float32)
-            fs, idx = self._index.search(tn, K)  # [1, K]
-            keep = idx[0] >= 0
-            cand, fs = idx[0][keep], fs[0][keep]
-            cand_t = torch.from_numpy(cand)
-            v = self.frames[cand_t].float()  # [K, F, D]
-            S = self.model.similarity(t, v, self.mask[cand_t], fast=self.fast)[0].float().cpu().numpy()  # [K]
+            if exhaustive:
+                S = self.score_all(t)  # [N]
+                cand = np.arange(n)
+                fs = None
+            else:
+                fs, idx = self._index.search(tn, K)  # [1, K]
+                keep = idx[0] >= 0
+                cand, fs = idx[0][keep], fs[0][keep]
+                S = self.score(t, cand)  # [K]
         order = np.lexsort((self.ids[cand], -S))[:k]  # by score desc, then id
         hits = []
         for rank, j in enumerate(order, start=1):
             r = self.records[int(cand[j])]
+            first = float(fs[j]) if fs is not None else float(self.vbar[int(cand[j])] @ tn[0])
             hits.append(Hit(rank=rank, id=r.id, path=str(self.root / r.rel_path), rel_path=r.rel_path,
-                            score=float(S[j]), first_stage=float(fs[j]), duration=r.duration, width=r.width,
+                            score=float(S[j]), first_stage=first, duration=r.duration, width=r.width,
                             height=r.height))
         return hits
 
     def search_exhaustive(self, query: str, k: int = 10) -> list[Hit]:
-        """GARE scores for every indexed video (no first-stage cut)."""
-        return self.search(query, k, rerank_k=max(1, len(self)))
+        """GARE scores for every indexed video (no first stage)."""
+        return self.search(query, k, exhaustive=True)
 
 
 def _first_stage_index(xb: np.ndarray, kind: str, nlist: int | None, nprobe: int | None):

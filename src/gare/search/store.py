@@ -5,10 +5,16 @@ An index is a folder::
     index.sqlite     metadata: one row per video (path relative to the indexed folder, size, modification
                      time, duration, frame count, where its embeddings live), the damaged files with their
                      reasons, and the settings the index was built with (model hash, sampling settings)
-    shards/*.safetensors
-                     embeddings, a few hundred videos per file: ``ids`` int64 [n], ``frames`` [n, F, D]
-                     (temporal-module outputs, float32 by default, float16 on request: what the GARE scorer
-                     reranks), ``mask`` bool [n, F] and ``mean`` float32 [n, D] (vbar, the first-stage embedding)
+    shards/<name>.safetensors
+                     per video: ``ids`` int64 [n], ``mask`` bool [n, F], ``mean`` float32 [n, D] (vbar, the
+                     first-stage embedding) and, only when there is no bases file, ``frames`` [n, F, D]
+                     (temporal-module outputs, float32 by default, float16 on request)
+    bases/<name>.safetensors
+                     the same videos' exact-score bases (``model.gallery(frames, mask)``, a
+                     :class:`~gare.model.gallery.VideoGallery` as its tensor dict, plus ``ids``): the frames
+                     themselves (``tx``, with vbar), keys, values and Gram matrices, so a query pays only its
+                     own products per candidate. Memory-mapped by search. Indexes of format v1 have no bases:
+                     ``gare index`` adds them in place, search computes them in memory until then.
     thumbs/<id>.jpg  a strip of a few frames per video
     staging/         only while a build runs (or after one was killed): each process of the build writes its
                      encoded videos to ``staging/rank-<r>.sqlite`` (same columns as ``videos``, keyed by a
@@ -29,6 +35,7 @@ import shutil
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,12 +46,15 @@ from safetensors.torch import load_file, save_file
 
 from ..io import atomic_write
 from ..model.checkpoint import run_config
+from ..model.gallery import VideoGallery
 
 log = logging.getLogger(__name__)
 
-INDEX_FORMAT = "gare-video-index-v1"
+INDEX_FORMAT = "gare-video-index-v2"
+OLD_FORMATS = ("gare-video-index-v1",)  # readable; `gare index` upgrades them in place (adds bases/)
 DB_NAME = "index.sqlite"
 SHARD_DIR = "shards"
+BASES_DIR = "bases"
 THUMB_DIR = "thumbs"
 STAGING_DIR = "staging"
 MERGED_ROWS_PER_SHARD = 4096
@@ -190,8 +200,9 @@ def open_index_meta(index_dir: str | os.PathLike) -> dict:
     con = connect_readonly(d)
     try:
         meta = read_meta(con)
-        if meta.get("format") != INDEX_FORMAT:
-            raise SearchIndexError(f"{db}: unknown index format {meta.get('format')!r} (expected {INDEX_FORMAT})")
+        if meta.get("format") not in (INDEX_FORMAT, *OLD_FORMATS):
+            raise SearchIndexError(f"{db}: unknown index format {meta.get('format')!r} (expected {INDEX_FORMAT}); "
+                                   "it was written by another version of gare")
         out = dict(meta)
         out["settings"] = asdict(IndexSettings.from_dict(json.loads(meta["settings"])))
         out["n_videos"] = con.execute("SELECT COUNT(*) FROM videos").fetchone()[0]
@@ -224,51 +235,130 @@ class FolderLock:
 
 
 # ---------------------------------------------------------------------------------------- embeddings
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
+def mmap_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, memory-mapped (copy-on-write: pages are read from the file on
+    first use and shared with the page cache; nothing is read up front)."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(n))
+    header.pop("__metadata__", None)
+    if not header:
+        return {}
+    raw = torch.from_numpy(np.memmap(path, dtype=np.uint8, mode="c", offset=8 + n))
+    out = {}
+    for name, info in header.items():
+        dtype = _ST_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise SearchIndexError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
+        a, b = info["data_offsets"]
+        out[name] = raw[a:b].view(dtype).reshape(info["shape"])
+    return out
+
+
+@dataclass
+class Shard:
+    """One shard's per-video tensors (``ids``, ``frames``, ``mask``, ``mean``) and bases (or None)."""
+
+    tensors: dict[str, torch.Tensor]
+    gallery: VideoGallery | None
+
+
+def read_shard(root: Path, name: str, mmap: bool = True) -> Shard:
+    """Shard ``name`` of the index (or staging) folder ``root``; ``frames`` come from the bases when the
+    shard file does not hold them. Raises :class:`SearchIndexError` when a file is missing or they disagree."""
+    path = root / SHARD_DIR / name
+    if not path.is_file():
+        raise SearchIndexError(f"index {root}: shard {path} is missing; build the index again")
+    read = mmap_safetensors if mmap else load_file
+    t = dict(read(path))
+    g = None
+    bases = root / BASES_DIR / name
+    if bases.is_file():
+        sd = dict(read(bases))
+        ids = sd.pop("ids")
+        if not torch.equal(ids, t["ids"]):
+            raise SearchIndexError(f"index {root}: {bases} does not match its shard; run `gare index` again")
+        g = VideoGallery.from_state_dict(sd)
+        t.setdefault("frames", g.frames_and_mask()[0])
+    elif "frames" not in t:
+        raise SearchIndexError(f"index {root}: {bases} is missing; build the index again")
+    return Shard(t, g)
+
+
 def load_embeddings(index_dir: str | os.PathLike, con: sqlite3.Connection | None = None):
     """All stored embeddings, ordered by video id.
 
     Returns ``ids`` int64 np [N], ``frames`` [N, F, D] (stored dtype), ``mask`` bool [N, F] and
-    ``mean`` float32 [N, D] (torch tensors).
+    ``mean`` float32 [N, D] (torch tensors, in memory).
     """
+    ids, parts = gather_rows(index_dir, con)
+    if not parts:
+        return ids, torch.zeros(0), torch.zeros(0, dtype=torch.bool), torch.zeros(0)
+    _, t, _ = gather(parts, with_gallery=False)
+    return ids, t["frames"], t["mask"].bool(), t["mean"].float()
+
+
+def gather_rows(index_dir: str | os.PathLike, con: sqlite3.Connection | None = None,
+                mmap: bool = True) -> tuple[np.ndarray, list[tuple[Shard, torch.Tensor, torch.Tensor]]]:
+    """The videos of the index in id order: ``ids`` and, per shard, ``(shard, rows in it, positions)``."""
     index_dir = Path(index_dir)
     own = con is None
     con = con or connect_readonly(index_dir)
     try:
         rows = con.execute("SELECT id, shard, row FROM videos ORDER BY id").fetchall()
-        settings = json.loads(read_meta(con)["settings"])
     finally:
         if own:
             con.close()
-    F, D = int(settings["max_frames"]), int(settings["embed_dim"])
-    dtype = DTYPES[settings.get("dtype", "float32")]
-    n = len(rows)
     ids = np.array([r[0] for r in rows], dtype=np.int64)
-    frames = torch.empty(n, F, D, dtype=dtype)
-    mask = torch.zeros(n, F, dtype=torch.bool)
-    mean = torch.empty(n, D, dtype=torch.float32)
     by_shard: dict[str, list[tuple[int, int]]] = {}
     for pos, (_vid, shard, row) in enumerate(rows):
         by_shard.setdefault(shard, []).append((pos, row))
-    for shard, entries in by_shard.items():
-        path = index_dir / SHARD_DIR / shard
-        if not path.is_file():
-            raise SearchIndexError(f"index {index_dir}: shard {path} is missing; build the index again")
-        t = load_file(str(path))
-        pos = torch.tensor([p for p, _ in entries])
-        rws = torch.tensor([r for _, r in entries])
-        if not torch.equal(t["ids"][rws], torch.from_numpy(ids[pos.numpy()])):
-            raise SearchIndexError(f"index {index_dir}: shard {shard} does not match the metadata")
-        frames[pos] = t["frames"][rws].to(dtype)
-        mask[pos] = t["mask"][rws].bool()
-        mean[pos] = t["mean"][rws].float()
-    return ids, frames, mask, mean
+    parts = []
+    for name, entries in by_shard.items():
+        sh = read_shard(index_dir, name, mmap=mmap)
+        pos = torch.tensor([p for p, _ in entries], dtype=torch.long)
+        rws = torch.tensor([r for _, r in entries], dtype=torch.long)
+        if not torch.equal(sh.tensors["ids"][rws], torch.from_numpy(ids[pos.numpy()])):
+            raise SearchIndexError(f"index {index_dir}: shard {name} does not match the metadata")
+        parts.append((sh, rws, pos))
+    return ids, parts
 
 
-def write_shard(folder: Path, tensors: dict[str, torch.Tensor]) -> str:
-    """Write one shard atomically under a fresh unique name; returns the name."""
+def gather(parts: list[tuple[Shard, torch.Tensor, torch.Tensor]], with_gallery: bool = True,
+           keys: tuple[str, ...] = ("ids", "frames", "mask", "mean")):
+    """Rows picked from several shards (``(shard, rows, positions 0..n-1)``), put in the order of their
+    positions: ``(n, {key: tensor}, gallery)`` (gallery None when a shard has none or ``with_gallery`` is
+    False). Only the picked rows are read from the memory-mapped files."""
+    n = sum(len(p) for _, _, p in parts)
+    pos = torch.cat([p for _, _, p in parts]) if parts else torch.zeros(0, dtype=torch.long)
+    order = torch.empty_like(pos)
+    order[pos] = torch.arange(n)  # where each output row sits among the concatenated picks
+    if not parts:
+        return 0, {}, None
+    t = {k: torch.cat([sh.tensors[k][r] for sh, r, _ in parts])[order] for k in keys}
+    g = None
+    if with_gallery and all(sh.gallery is not None for sh, _, _ in parts):
+        g = VideoGallery.cat([sh.gallery[r] for sh, r, _ in parts])[order]
+    return n, t, g
+
+
+def write_shard(root: Path, tensors: dict[str, torch.Tensor], gallery: VideoGallery | None = None) -> str:
+    """Write one shard (and its bases, when given) atomically under a fresh unique name; returns the name.
+    With bases, the frames live only in them (their ``tx``), not in the shard file."""
     name = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:12]}.safetensors"
-    data = {k: v.contiguous() for k, v in tensors.items()}
-    atomic_write(folder / name, lambda tmp: save_file(data, str(tmp)))
+    data = {k: v.contiguous() for k, v in tensors.items() if not (gallery is not None and k == "frames")}
+    if gallery is not None:
+        sd = gallery.to("cpu").state_dict()
+        sd["ids"] = data["ids"]
+        (root / BASES_DIR).mkdir(exist_ok=True)
+        atomic_write(root / BASES_DIR / name, lambda tmp: save_file(sd, str(tmp)))
+    atomic_write(root / SHARD_DIR / name, lambda tmp: save_file(data, str(tmp)))
     return name
 
 
@@ -278,11 +368,13 @@ def write_thumb(folder: Path, vid: int | str, data: bytes) -> None:
 
 
 def cleanup(con: sqlite3.Connection, out: Path) -> None:
-    """Delete shard and thumbnail files no row refers to (left by an interrupted run or by removals)."""
+    """Delete shard, bases and thumbnail files no row refers to (left by an interrupted run or by removals)."""
     shards = {r[0] for r in con.execute("SELECT DISTINCT shard FROM videos")}
-    for p in (out / SHARD_DIR).iterdir():
-        if p.name not in shards:
-            p.unlink(missing_ok=True)
+    for folder in (out / SHARD_DIR, out / BASES_DIR):
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if p.name not in shards:
+                    p.unlink(missing_ok=True)
     ids = {r[0] for r in con.execute("SELECT id FROM videos")}
     for p in (out / THUMB_DIR).iterdir():
         stem = p.name.split(".", 1)[0]
@@ -290,7 +382,7 @@ def cleanup(con: sqlite3.Connection, out: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def compact(con: sqlite3.Connection, out: Path, rows_per_shard: int = 4096) -> None:
+def compact(con: sqlite3.Connection, out: Path, rows_per_shard: int = MERGED_ROWS_PER_SHARD) -> None:
     """Rewrite the live rows into few full shards when removals left many dead rows or many small shards."""
     live = con.execute("SELECT COUNT(*) FROM videos").fetchone()[0]
     shards = [r[0] for r in con.execute("SELECT DISTINCT shard FROM videos")]
@@ -301,16 +393,35 @@ def compact(con: sqlite3.Connection, out: Path, rows_per_shard: int = 4096) -> N
     if not shards or (stored <= 1.25 * live and len(shards) <= max(8, 2 * (live // rows_per_shard + 1))):
         return
     log.info("compacting index: %d live rows in %d shards holding %d rows", live, len(shards), stored)
-    ids, frames, mask, mean = load_embeddings(out, con)
+    ids, parts = gather_rows(out, con)
     updates = []
     for s in range(0, len(ids), rows_per_shard):
-        sl = slice(s, s + rows_per_shard)
-        name = write_shard(out / SHARD_DIR, {"ids": torch.from_numpy(ids[sl]), "frames": frames[sl],
-                                             "mask": mask[sl], "mean": mean[sl]})
-        updates += [(name, r, int(i)) for r, i in enumerate(ids[sl])]
+        chunk = [(sh, r[(p >= s) & (p < s + rows_per_shard)], p[(p >= s) & (p < s + rows_per_shard)] - s)
+                 for sh, r, p in parts]
+        _, t, g = gather([c for c in chunk if len(c[2])])
+        name = write_shard(out, t, g)
+        updates += [(name, r, int(i)) for r, i in enumerate(t["ids"])]
     with con:
         con.executemany("UPDATE videos SET shard = ?, row = ? WHERE id = ?", updates)
     cleanup(con, out)
+
+
+def add_bases(con: sqlite3.Connection, out: Path, build: Callable[[torch.Tensor, torch.Tensor], VideoGallery]) -> int:
+    """Upgrade in place: write the bases of every shard that has none (``build(frames, mask)`` computes them).
+    Returns how many shards were upgraded."""
+    names = [r[0] for r in con.execute("SELECT DISTINCT shard FROM videos")]
+    done = 0
+    for name in names:
+        if (out / BASES_DIR / name).is_file():
+            continue
+        t = load_file(str(out / SHARD_DIR / name))
+        g = build(t["frames"], t["mask"].bool())
+        sd = g.to("cpu").state_dict()
+        sd["ids"] = t["ids"]
+        (out / BASES_DIR).mkdir(exist_ok=True)
+        atomic_write(out / BASES_DIR / name, lambda tmp, sd=sd: save_file(sd, str(tmp)))
+        done += 1
+    return done
 
 
 # ------------------------------------------------------------------------------------------- staging
@@ -325,7 +436,7 @@ class Encoded:
     width: int | None
     height: int | None
     thumb: bytes
-    frames: torch.Tensor  # [F, D], storage dtype
+    frames: torch.Tensor  # [F, D] float32 (cast to the storage dtype when written)
     mask: torch.Tensor  # bool [F]
     mean: torch.Tensor  # float32 [D]
 
@@ -351,8 +462,9 @@ class StagingWriter:
         self.con = sqlite3.connect(str(self.dir / f"rank-{rank}.sqlite"), timeout=30)
         self.con.executescript(STAGING_SCHEMA)
 
-    def write(self, done: list[Encoded], bad: list[Damaged]) -> None:
-        """Stage one flush: shard and thumbnails first, then the rows that refer to them (one transaction)."""
+    def write(self, done: list[Encoded], bad: list[Damaged], gallery: VideoGallery | None, dtype: torch.dtype) -> None:
+        """Stage one flush (``gallery``: the bases of ``done``, in order): shard, bases and thumbnails first,
+        then the rows that refer to them (one transaction)."""
         now = time.time()
         with self.con:
             if done:
@@ -365,12 +477,12 @@ class StagingWriter:
                     sids.append(cur.lastrowid)
                 for sid, e in zip(sids, done):
                     write_thumb(self.dir / THUMB_DIR, f"r{self.rank}-{sid}", e.thumb)
-                name = write_shard(self.dir / SHARD_DIR, {
+                name = write_shard(self.dir, {
                     "ids": torch.tensor(sids, dtype=torch.int64),  # staging ids of this rank
-                    "frames": torch.stack([e.frames for e in done]),
+                    "frames": torch.stack([e.frames for e in done]).to(dtype),
                     "mask": torch.stack([e.mask for e in done]),
                     "mean": torch.stack([e.mean for e in done]),
-                })
+                }, gallery)
                 self.con.execute("UPDATE staged SET shard = ? WHERE shard = ''", (name,))
             self.con.executemany(
                 "INSERT INTO staged_damaged(path, size, mtime_ns, kind, reason, seen) VALUES (?, ?, ?, ?, ?, ?)",
@@ -382,7 +494,7 @@ class StagingWriter:
 
 @dataclass
 class StagedRow:
-    db: str  # staging database file name (rank-<r>.sqlite)
+    rank: int  # the process that staged it (its database is staging/rank-<rank>.sqlite)
     sid: int
     path: str
     size: int
@@ -406,7 +518,8 @@ def read_staged(out: Path) -> tuple[list[StagedRow], list[tuple]]:
         con = sqlite3.connect(str(db), timeout=30)
         try:
             con.executescript(STAGING_SCHEMA)
-            rows += [StagedRow(db.name, *r) for r in con.execute(
+            rank = int(db.stem.split("-", 1)[1])
+            rows += [StagedRow(rank, *r) for r in con.execute(
                 "SELECT sid, path, size, mtime_ns, duration, n_frames, width, height, shard, row, added FROM staged "
                 "WHERE shard != ''")]
             damaged += con.execute("SELECT path, size, mtime_ns, kind, reason, seen FROM staged_damaged").fetchall()
@@ -440,39 +553,34 @@ def merge_staged(con: sqlite3.Connection, out: Path, keep: dict[str, tuple[int, 
         if keep.get(d[0]) == (d[1], d[2]) and d[0] not in indexed and d[0] not in newest:
             if d[0] not in bad or d[5] > bad[d[0]][5]:
                 bad[d[0]] = d
-    remaining: dict[tuple[str, str], int] = {}  # (db, shard) -> chosen rows still to copy from it
-    for r in chosen:
-        remaining[(r.db, r.shard)] = remaining.get((r.db, r.shard), 0) + 1
-    cache: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     with con:
         for s in range(0, len(chosen), MERGED_ROWS_PER_SHARD):
             part = chosen[s:s + MERGED_ROWS_PER_SHARD]
-            ids, frames, mask, mean = [], [], [], []
-            for r in part:
+            ids = []
+            for j, r in enumerate(part):
                 cur = con.execute(
                     "INSERT INTO videos(path, size, mtime_ns, duration, n_frames, width, height, shard, row, added) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, '', ?, ?)",
-                    (r.path, r.size, r.mtime_ns, r.duration, r.n_frames, r.width, r.height, len(ids), r.added))
+                    (r.path, r.size, r.mtime_ns, r.duration, r.n_frames, r.width, r.height, j, r.added))
                 ids.append(cur.lastrowid)
-                key = (r.db, r.shard)
-                if key not in cache:
-                    cache[key] = load_file(str(folder / SHARD_DIR / r.shard))
-                t = cache[key]
-                if int(t["ids"][r.row]) != r.sid:
-                    raise SearchIndexError(f"index {out}: staged shard {r.shard} does not match {r.db}; delete "
-                                           f"{folder} and run the same command again")
-                frames.append(t["frames"][r.row])
-                mask.append(t["mask"][r.row])
-                mean.append(t["mean"][r.row])
-                remaining[key] -= 1
-                if remaining[key] == 0:
-                    del cache[key]  # every chosen row of this shard is copied: free it
-                thumb = folder / THUMB_DIR / f"r{r.db[len('rank-'):-len('.sqlite')]}-{r.sid}.jpg"
+                thumb = folder / THUMB_DIR / f"r{r.rank}-{r.sid}.jpg"
                 if thumb.is_file():
                     write_thumb(out / THUMB_DIR, ids[-1], thumb.read_bytes())
-            name = write_shard(out / SHARD_DIR, {"ids": torch.tensor(ids, dtype=torch.int64),
-                                                 "frames": torch.stack(frames), "mask": torch.stack(mask),
-                                                 "mean": torch.stack(mean)})
+            picks: dict[str, list[tuple[int, int]]] = {}  # staged shard -> (row in it, position in this part)
+            for j, r in enumerate(part):
+                picks.setdefault(r.shard, []).append((r.row, j))
+            parts = []
+            for name, rp in picks.items():
+                sh = read_shard(folder, name)
+                rows = torch.tensor([x for x, _ in rp], dtype=torch.long)
+                sids = torch.tensor([part[j].sid for _, j in rp], dtype=torch.long)
+                if not torch.equal(sh.tensors["ids"][rows], sids):
+                    raise SearchIndexError(f"index {out}: staged shard {name} does not match its staging database; "
+                                           f"delete {folder} and run the same command again")
+                parts.append((sh, rows, torch.tensor([j for _, j in rp], dtype=torch.long)))
+            _, t, g = gather(parts)
+            t["ids"] = torch.tensor(ids, dtype=torch.int64)
+            name = write_shard(out, t, g)
             con.execute("UPDATE videos SET shard = ? WHERE shard = ''", (name,))
         con.executemany("INSERT OR REPLACE INTO damaged(path, size, mtime_ns, kind, reason, seen) "
                         "VALUES (?, ?, ?, ?, ?, ?)", list(bad.values()))
