@@ -273,15 +273,39 @@ def test_index_refuses_other_model_settings_or_folder(built_index, shapes20, tin
     with pytest.raises(IndexMismatchError, match=r"model: index built with .*tiny\.safetensors") as e:
         build_index(shapes20, other, built_index)
     assert "another --out folder" in str(e.value)
-    with pytest.raises(IndexMismatchError, match="max_frames: index has 12, asked for 8"):
+    # each refusal names the command that builds an index for the settings asked for
+    cmd = f"`gare index {shapes20} --model {other} --out {built_index}-new --framerate 1 --max-frames 12"
+    assert cmd in str(e.value)
+    with pytest.raises(IndexMismatchError, match="max_frames: index has 12, asked for 8") as e:
         build_index(shapes20, tiny_ckpt, built_index, max_frames=8)
+    assert f"--model {tiny_ckpt} --out {built_index}-new --framerate 1 --max-frames 8 --decoder pyav`" in str(e.value)
     with pytest.raises(IndexMismatchError, match="framerate: index has 1.0, asked for 2.0"):
         build_index(shapes20, tiny_ckpt, built_index, framerate=2.0)
     with pytest.raises(IndexMismatchError, match="belongs to the folder"):
         build_index(tmp_path, tiny_ckpt, built_index)
-    with pytest.raises(IndexMismatchError, match="another model"):
+    with pytest.raises(IndexMismatchError, match="another model") as e:
         SearchEngine.open(built_index, model=other)
+    assert f"`gare index {shapes20} --model {other} --out {built_index}-new" in str(e.value)
     assert len(_db_paths(built_index)) == 20  # untouched
+
+
+def test_index_of_an_unknown_format_is_refused_with_the_rebuild_command(built_index, shapes20, tiny_ckpt,
+                                                                        tmp_path):
+    import shutil
+    import sqlite3
+
+    from gare.search import SearchIndexError
+
+    old = tmp_path / "old_index"
+    shutil.copytree(built_index, old)
+    con = sqlite3.connect(old / "index.sqlite")
+    with con:
+        con.execute("UPDATE meta SET value = 'gare-video-index-v0' WHERE key = 'format'")
+    con.close()
+    for call in (lambda: SearchEngine.open(old), lambda: build_index(shapes20, tiny_ckpt, old)):
+        with pytest.raises(SearchIndexError, match="unknown index format 'gare-video-index-v0'") as e:
+            call()
+        assert f"`gare index {shapes20} --model " in str(e.value) and f"--out {old}-new" in str(e.value)
 
 
 def test_sampling_defaults_come_from_the_checkpoint_run_config(shapes20, tmp_path):

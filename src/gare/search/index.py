@@ -58,6 +58,7 @@ from .store import (
     compact,
     connect,
     file_sha256,
+    index_command,
     merge_staged,
     read_meta,
     read_staged,
@@ -321,7 +322,7 @@ def _settings(con: sqlite3.Connection, out: Path, root: Path, ckpt: Path, framer
             samp[k] = v
     meta = read_meta(con)
     if meta:
-        _check_existing(meta, out, root, model_id, samp, dtype)
+        _check_existing(meta, out, root, model_id, samp, dtype, ckpt)
         return IndexSettings.from_dict(json.loads(meta["settings"]))
     gmodel = load_model(ckpt, device=device)  # a new index records the model's dimensions
     settings = IndexSettings(model_id=model_id, embed_dim=gmodel.embed_dim, image_size=gmodel.image_size,
@@ -362,15 +363,18 @@ def _upgrade(con: sqlite3.Connection, out: Path, ckpt: Path, device: str, settin
         con.execute("UPDATE meta SET value = ? WHERE key = 'format'", (INDEX_FORMAT,))
 
 
-def _mismatch_message(out: Path, diff: list[str]) -> str:
+def _mismatch_message(out: Path, diff: list[str], rebuild: str) -> str:
     return (f"index {out} was built with other settings and cannot take these ({'; '.join(diff)}). "
-            "Use the same model and sampling settings, or choose another --out folder (or delete this one).")
+            "Use the same model and sampling settings, or choose another --out folder (or delete this one); "
+            f"an index for these settings: `{rebuild}`")
 
 
-def _check_existing(meta: dict, out: Path, root: Path, model_id: str, samp: dict, dtype: str) -> None:
+def _check_existing(meta: dict, out: Path, root: Path, model_id: str, samp: dict, dtype: str,
+                    ckpt: Path | None = None) -> None:
+    rebuild = index_command(root, ckpt or "CHECKPOINT", out.with_name(out.name + "-new"), samp, dtype)
     if meta.get("format") not in (INDEX_FORMAT, *OLD_FORMATS):
         raise SearchIndexError(f"{out / DB_NAME}: unknown index format {meta.get('format')!r} (this gare writes "
-                               f"{INDEX_FORMAT}); choose another --out folder")
+                               f"{INDEX_FORMAT}); choose another --out folder: `{rebuild}`")
     if Path(meta["root"]) != root:
         raise IndexMismatchError(f"index {out} belongs to the folder {meta['root']}, not {root}; "
                                  "choose another --out folder for this one")
@@ -385,7 +389,7 @@ def _check_existing(meta: dict, out: Path, root: Path, model_id: str, samp: dict
     if old.get("dtype", "float32") != dtype:
         diff.append(f"dtype: index has {old.get('dtype')!r}, asked for {dtype!r}")
     if diff:
-        raise IndexMismatchError(_mismatch_message(out, diff))
+        raise IndexMismatchError(_mismatch_message(out, diff, rebuild))
 
 
 def _plan(con: sqlite3.Connection, out: Path, root: Path, files: Iterable[Path], update: bool,

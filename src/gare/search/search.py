@@ -38,6 +38,7 @@ from .store import (
     file_sha256,
     gather,
     gather_rows,
+    index_command,
     open_index_meta,
 )
 
@@ -201,9 +202,13 @@ class SearchEngine:
                                     "checkpoint with --model") from e
         sha = file_sha256(ckpt)
         if sha != settings["model_id"]:
+            rebuild = index_command(meta["root"], ckpt, index_dir.with_name(index_dir.name + "-new"),
+                                    {k: settings.get(k) for k in ("framerate", "max_frames", "decoder")},
+                                    settings.get("dtype", "float32"))
             raise IndexMismatchError(f"index {index_dir} was built with another model ({meta['model_path']}, "
                                      f"sha256 {settings['model_id'][:12]}) than {ckpt} (sha256 {sha[:12]}); "
-                                     "search it with the model it was built with, or index again with this one")
+                                     "search it with the model it was built with, or index again with this one: "
+                                     f"`{rebuild}`")
         t0 = time.perf_counter()
         gmodel = load_model(ckpt, device=device).eval()
         con = connect_readonly(index_dir)

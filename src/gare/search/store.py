@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import sqlite3
 import time
@@ -144,6 +145,18 @@ class IndexSettings:
         return [f"{k}: index has {a[k]!r}, asked for {b[k]!r}" for k in a if a[k] != b[k]]
 
 
+def index_command(root: str | os.PathLike, ckpt: str | os.PathLike, out: str | os.PathLike,
+                  samp: dict | None = None, dtype: str = "float32") -> str:
+    """The ``gare index`` command that builds an index of ``root`` with ``ckpt`` and these settings."""
+    parts = ["gare", "index", str(root), "--model", str(ckpt), "--out", str(out)]
+    for k, flag in (("framerate", "--framerate"), ("max_frames", "--max-frames"), ("decoder", "--decoder")):
+        if samp and samp.get(k) is not None:
+            parts += [flag, f"{samp[k]:g}" if k == "framerate" else str(samp[k])]
+    if dtype != "float32":
+        parts += ["--dtype", dtype]
+    return " ".join(shlex.quote(x) for x in parts)
+
+
 # ------------------------------------------------------------------------------------ model identity
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
@@ -201,8 +214,10 @@ def open_index_meta(index_dir: str | os.PathLike) -> dict:
     try:
         meta = read_meta(con)
         if meta.get("format") not in (INDEX_FORMAT, *OLD_FORMATS):
+            rebuild = index_command(meta.get("root", "VIDEO_DIR"), meta.get("model_path", "CHECKPOINT"),
+                                    d.with_name(d.name + "-new"))
             raise SearchIndexError(f"{db}: unknown index format {meta.get('format')!r} (expected {INDEX_FORMAT}); "
-                                   "it was written by another version of gare")
+                                   f"it was written by another version of gare; build it again: `{rebuild}`")
         out = dict(meta)
         out["settings"] = asdict(IndexSettings.from_dict(json.loads(meta["settings"])))
         out["n_videos"] = con.execute("SELECT COUNT(*) FROM videos").fetchone()[0]
