@@ -150,7 +150,15 @@ def test_float16_storage_halves_the_shards_and_rounds_within_half_precision(shap
     assert f16.dtype == torch.float16 and np.array_equal(ids, ids32) and torch.equal(m16, m32)
     assert torch.equal(f16, f32.half()) and torch.equal(mean16, mean32)  # only the frames are rounded
     size = lambda d: sum(p.stat().st_size for p in [*(d / "shards").iterdir(), *(d / "bases").iterdir()])  # noqa: E731
-    assert 0.45 < size(out) / size(built_index) < 0.6  # the D-sized rows (frames, keys, values) are halved
+    # the D-sized rows of the bases (frames and vbar, keys and values where the scorer has them) are halved;
+    # the small per-video matrices stay float32, which on this tiny model (D = 64) is a large share
+    from safetensors.torch import load_file
+
+    bases = {p.name: load_file(str(p)) for p in (out / "bases").iterdir()}
+    for b in bases.values():
+        assert b["tx"].dtype == torch.float16 and all(b[k].dtype == torch.float16 for k in ("k0", "v_last") if k in b)
+    d_rows = sum(b["tx"].numel() for b in bases.values())
+    assert size(built_index) - size(out) >= 2 * d_rows * 0.95  # at least 2 bytes saved per D-sized entry
     with pytest.raises(IndexMismatchError, match="dtype: index has 'float16', asked for 'float32'"):
         build_index(shapes20, tiny_ckpt, out)
 
