@@ -4,7 +4,8 @@
                                  [--skip data ...]
 
 Benchmarks (each its own process, each a few minutes at most on a 2-core CPU):
-scorer (fast vs reference vs dual encoder), memory (peak of 1,000 x 5,000 under a budget), two_stage
+scorer (fast vs reference vs dual encoder), gallery (cached per-video bases: rerank, exhaustive search,
+8 heads; ``bench_gallery.py``), memory (peak of 1,000 x 5,000 under a budget), two_stage
 (speed-up and top-10 agreement at K = 256; the demo's split with ``--checkpoint``), train_step (time per
 component, tiny and ViT-B/32) and data (frame store vs decoding, ``bench_data.py`` of the data layer).
 Exits non-zero if any benchmark failed.
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["scorer", "memory", "two_stage", "train_step", "data"]
+ORDER = ["scorer", "gallery", "memory", "two_stage", "train_step", "data"]
 
 
 def command(name: str, args) -> list[str] | None:

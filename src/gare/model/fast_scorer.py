@@ -809,16 +809,23 @@ def _score_dense(plan: _Plan, g: VideoGallery, q: _Queries, ts: _TextStats, out:
     n_v, N_t = len(g), q.x.shape[0]
     M = plan.heads * g.frames
     per_pair = 4 * (g.frames * 4 + M * 12 + 64)
-    bp = int(max(1, min(N_t, PAIRS_PER_BLOCK // max(n_v, 1) or 1, (0.4 * memory_budget) // (per_pair * n_v))))
+    bp = int(max(1, min(N_t, _pairs_per_block(M) // max(n_v, 1) or 1, (0.4 * memory_budget) // (per_pair * n_v))))
     for i in range(0, N_t, bp):
         qi = q.map(lambda x: x[i:i + bp])  # noqa: B023 - called right away
         ps = ts.slice(i, bp).map(lambda x: x.view(1, 1, -1))  # [1, 1, n_p] each
         out[i:i + bp] = _score_block(plan, g, qi, ps, gathered=False).T
 
 
-def _score_blocks(n_videos: int, n_texts: int, memory_budget: int) -> int:
-    """Videos per block when scoring a built gallery: about ``PAIRS_PER_BLOCK`` pairs per block."""
-    return int(max(1, min(n_videos, max(OWNERS_PER_BLOCK, PAIRS_PER_BLOCK // max(1, n_texts)))))
+def _pairs_per_block(m: int) -> int:
+    """Pairs per block: ``PAIRS_PER_BLOCK`` at ``M = heads * F <= 16``, fewer for larger ``M`` so the
+    ``[n_v, M, n_p]`` per-pair tensors stay cache-sized."""
+    return max(2**12, PAIRS_PER_BLOCK * 16 // max(m, 16))
+
+
+def _score_blocks(plan: _Plan, g: VideoGallery, n_texts: int) -> int:
+    """Videos per block when scoring a built gallery: about :func:`_pairs_per_block` pairs per block."""
+    pairs = _pairs_per_block(plan.heads * g.frames)
+    return int(max(1, min(len(g), max(OWNERS_PER_BLOCK, pairs // max(1, n_texts)))))
 
 
 @torch.no_grad()
@@ -845,7 +852,7 @@ def gallery_similarity(scorer: PairScorer, t: Tensor, g: VideoGallery, *, words:
         _similarity_words(plan, t, g.to(t.device, cdt), words, word_mask, memory_budget, out)
         return out
     q, ts = _queries(plan, t), _text_stats(plan, t)
-    bo = _score_blocks(len(g), t.shape[0], memory_budget)
+    bo = _score_blocks(plan, g, t.shape[0])
     for j in range(0, len(g), bo):
         gb = g[j:j + bo]
         if gb.dtype != cdt or gb.device != t.device:

@@ -202,14 +202,14 @@ class GareModel(nn.Module):
         text's top K videos with GARE (the others keep a score below every reranked one).
         """
         was_training = self.training
-        self.eval()
+        if was_training:  # eval() walks every submodule: skip it when already in eval mode (one search query)
+            self.eval()
         try:
             t = t.to(self.device)
-            if isinstance(v, VideoGallery):
+            if isinstance(v, VideoGallery):  # it may stay where it is (e.g. memory-mapped): blocks move as scored
                 if video_mask is not None:
                     raise ValueError("a gallery holds its own frame mask; call similarity(t, gallery) without "
                                      "video_mask")
-                v = v.to(self.device)
             else:
                 v = v.to(self.device)
                 if video_mask is not None:
@@ -229,7 +229,8 @@ class GareModel(nn.Module):
             return self.scorer.similarity(t, v, video_mask, words=words, word_mask=word_mask,
                                           memory_budget=memory_budget)
         finally:
-            self.train(was_training)
+            if was_training:
+                self.train()
 
     def mean_video(self, v: Tensor, video_mask: Tensor | None = None) -> Tensor:
         """``vbar [N, D]``: mean of the temporal outputs over valid frames (the first-stage embedding; release

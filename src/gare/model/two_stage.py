@@ -30,7 +30,7 @@ OUTSIDE_OFFSET = 3.0  # non-reranked pairs score (stage-1 cosine - 3) < -1 <= an
 def stage1_similarity(t: Tensor, v: Tensor | VideoGallery, video_mask: Tensor | None = None) -> Tensor:
     """``cos(t_i, vbar_j)`` ``[N_t, N_v]`` for ``t [N_t, D]``, ``v [N_v, F, D]``, ``video_mask [N_v, F]``
     (or a gallery, whose ``vbar`` is stored)."""
-    vbar = v.vbar.to(t.dtype) if isinstance(v, VideoGallery) else masked_mean(v, video_mask)  # [N_v, D]
+    vbar = v.vbar.to(t) if isinstance(v, VideoGallery) else masked_mean(v, video_mask)  # [N_v, D]
     return F.normalize(t, dim=-1) @ F.normalize(vbar, dim=-1).T
 
 
