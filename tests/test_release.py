@@ -42,6 +42,23 @@ def _release_cfg(*extra: str):
     return load_config(None, ["compat=release", "train.lr=1e-2", "train.clip_lr_coef=0.1", *extra])
 
 
+# ------------------------------------------------------------------------------------------ config
+@pytest.mark.parametrize("recipe", ["configs/msrvtt.yaml", "configs/msvd.yaml", "configs/experiments/base.yaml"])
+def test_compat_release_resolves_the_whole_recipe(recipe):
+    from gare.config import RELEASE_SWITCHES
+
+    path = os.path.join(REPO, recipe)
+    cfg = load_config(path, ["compat=release"])  # msvd.yaml and base.yaml inherit through `base:`
+    assert all(getattr(cfg.release, k) is True for k in RELEASE_SWITCHES)
+    assert cfg.release.fp16_weights_anywhere is False  # for tests only, never set by compat
+    assert (cfg.model.compat, cfg.loss.multi_positive, cfg.loss.radius_plain_zero) == ("release", False, True)
+    off = load_config(path)
+    assert all(getattr(off.release, k) is False for k in RELEASE_SWITCHES)
+    assert (off.model.compat, off.loss.multi_positive, off.loss.radius_plain_zero) == ("none", True, False)
+    one = load_config(path, ["compat=release", "release.optimizer=false"])
+    assert one.release.optimizer is False and one.release.param_groups is True
+
+
 # ------------------------------------------------------------------------------------------ optimizer
 def _hand_bertadam(p, g, m, v, lr, wd, s, T, w, b1=0.9, b2=0.98, e=1e-6):
     """One BertAdam step as the release writes it (in-place ops in p's dtype, no bias correction)."""

@@ -295,10 +295,10 @@ def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     return obj
 
 
-def config_from_dict(data: dict) -> Config:
+def config_from_dict(data: dict, *, resolve: bool = True) -> Config:
     cfg = _from_dict(Config, data or {})
     validate(cfg)
-    return resolve_compat(cfg)
+    return resolve_compat(cfg) if resolve else cfg
 
 
 def config_to_dict(cfg: Any) -> dict:
@@ -369,7 +369,7 @@ def _merge(base: dict, top: dict) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, *,
-                _chain: tuple[Path, ...] = ()) -> Config:
+                _chain: tuple[Path, ...] = (), _resolve: bool = True) -> Config:
     """Read a YAML recipe (``base: other.yaml`` inherits) and apply overrides; validates everything."""
     data: dict = {}
     if path is not None:
@@ -389,10 +389,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             if (path.parent / str(base)).resolve() in chain:
                 raise ConfigError(f"{path}: 'base: {base}' makes a cycle: " + " -> ".join(p.name for p in chain)
                                   + f" -> {Path(str(base)).name}")
-            parent = load_config(path.parent / str(base), _chain=chain)
+            # unresolved: a child's or an override's `compat` still decides the switches the parent left null
+            parent = load_config(path.parent / str(base), _chain=chain, _resolve=False)
             data = _merge(config_to_dict(parent), data)
     data = apply_overrides(data, overrides or [])
-    return config_from_dict(data)
+    return config_from_dict(data, resolve=_resolve)
 
 
 def resolve_compat(cfg: Config) -> Config:

@@ -55,6 +55,19 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def apply_release_model_switches(model: GareModel, cfg: Config, device: torch.device) -> bool:
+    """The release's model-side training switches: frozen patch embedding (``release.freeze_conv1``) and CLIP
+    weights stored in fp16 (``release.fp16_weights`` on CUDA only, as the release; ``fp16_weights_anywhere``
+    on any device). Returns whether the weights are fp16 (then no autocast and no loss scaling)."""
+    rel = resolve_compat(cfg).release
+    if rel.freeze_conv1:
+        model.backbone.freeze_patch_embedding()
+    fp16 = rel.fp16_weights_anywhere or (rel.fp16_weights and torch.device(device).type == "cuda")
+    if fp16:
+        model.backbone.to_release_fp16()
+    return fp16
+
+
 def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_033 + step * 97) % (2**31 - 1)
 
@@ -79,13 +92,7 @@ class Trainer:
         dist_utils.barrier()
 
         self.model = GareModel(cfg.model).to(self.device)
-        rel = cfg.release
-        if rel.freeze_conv1:
-            self.model.backbone.freeze_patch_embedding()
-        # the release stores CLIP's weights in fp16 when CUDA is available (no autocast, no loss scaling)
-        self.fp16_weights = rel.fp16_weights_anywhere or (rel.fp16_weights and self.device.type == "cuda")
-        if self.fp16_weights:
-            self.model.backbone.to_release_fp16()
+        self.fp16_weights = apply_release_model_switches(self.model, cfg, self.device)
         if tc.freeze_backbone or tc.features:
             for p in self.model.backbone.parameters():
                 p.requires_grad_(False)

@@ -1,0 +1,195 @@
+"""Three release-mode training steps of gare vs the official release's own code (docs/reproduce.md).
+
+    python scripts/compare_release.py /path/to/GARE-text-video-retrieval [--batch 4] [--out FILE]
+
+The release checkout is only imported from (its ``tvr.models``), never copied. Without an argument the script
+says so and exits 0. On the CPU both sides run in fp32 (the release turns fp16 on only with CUDA); dropout is
+set to 0 on both sides (the random masks of two programs cannot match). If the checkout has no
+``tvr/models/ViT-B-32.pt`` (OpenAI CLIP), a ViT-B/32 with seeded random weights is written there first.
+
+Steps: the release builds its model (CLIP + seqTransf initialized from the text tower + psi with its global
+N(0, 0.02) init); its state dict, in the official layout, is loaded with ``gare.load_model`` (compat=release by
+default for that layout). Both train three steps on the same batch (ViT-B/32 recipe: 32 tokens, 12 frame slots,
+two videos with padded slots; lr 1e-4, CLIP x 1e-3, weight decay 0.2, BertAdam with warm-up 0.1 of T) in the
+same order: backward, global clip_grad_norm_(1.0), optimizer step, clamp logit_scale. Reported: the loss of
+each step on both sides, and per tensor the relative difference of the total update
+``||d_gare - d_release|| / ||d_release||`` (CLIP tensors and the rest separately).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def _random_openai_clip(path: Path, seed: int = 0) -> None:
+    """An OpenAI-layout ViT-B/32 state dict with seeded random weights (open_clip's initialization)."""
+    import open_clip
+
+    torch.manual_seed(seed)
+    clip = open_clip.create_model("ViT-B-32", pretrained=None, force_quick_gelu=True)
+    sd = {k: v for k, v in clip.state_dict().items() if k != "attn_mask"}
+    sd["logit_scale"] = torch.tensor(math.log(1 / 0.07))
+    torch.save(sd, path)
+
+
+def _batch(B: int, F: int = 12, L: int = 32, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(B, L, dtype=torch.long)
+    lens = [5 + (3 * i) % 20 for i in range(B)]
+    for i, n in enumerate(lens):
+        ids[i, 0] = 49406
+        ids[i, 1:n + 1] = torch.randint(1, 49000, (n,), generator=g)
+        ids[i, n + 1] = 49407
+    text_mask = (torch.arange(L)[None] <= torch.tensor(lens)[:, None] + 1).long()
+    frames = torch.randn(B, F, 3, 224, 224, generator=g)
+    mask = torch.ones(B, F, dtype=torch.long)
+    mask[1, 7:] = 0  # padded slots (zero tensors, as the release's loader pads)
+    if B > 2:
+        mask[2, 3:] = 0
+    frames = frames * mask[:, :, None, None, None]
+    return ids, text_mask, frames, mask
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("release", nargs="?", help="path of a checkout of github.com/musicman217/GARE-text-video-retrieval")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--schedule-steps", type=int, default=10, help="T of the release's schedule (warm-up 0.1 T)")
+    ap.add_argument("--out", default=None, help="write the numbers as JSON here")
+    a = ap.parse_args()
+    if not a.release:
+        print("compare_release: no release checkout given; skipped (pass the path of a checkout of "
+              "github.com/musicman217/GARE-text-video-retrieval)")
+        return 0
+    root = Path(a.release).resolve()
+    if not (root / "tvr" / "models" / "modeling.py").exists():
+        print(f"compare_release: {root} is not a checkout of the GARE release (no tvr/models/modeling.py)",
+              file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    clip_file = root / "tvr" / "models" / "ViT-B-32.pt"
+    if not clip_file.exists():
+        print(f"writing a random ViT-B/32 (seed 0) to {clip_file}")
+        _random_openai_clip(clip_file)
+    sys.path.insert(0, str(root))
+    from tvr.models.modeling import GARE  # the release's own model
+    from tvr.models.optimization import BertAdam as ReleaseBertAdam
+
+    import gare
+    from gare.config import load_config
+    from gare.model.convert import official_name
+    from gare.objectives import gare_loss
+    from gare.train import build_optimizer
+    from gare.train.trainer import apply_release_model_switches
+
+    args = types.SimpleNamespace(interaction="wti", agg_module="seqTransf", base_encoder="ViT-B/32",
+                                 num_hidden_layers=4, temp=3.0, center=8, alpha=2.0, beta=1e-4, lambda_dir=0.01,
+                                 lambda_epsilon=0.01, lambda_lower=0.5, local_rank=0, world_size=1,
+                                 datatype="msrvtt")
+    torch.manual_seed(42)
+    rel = GARE(args)
+    for m in rel.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    ckpt = Path("/tmp") / f"gare_release_official_{int(time.time())}.pth"
+    torch.save(rel.state_dict(), ckpt)
+    ours = gare.load_model(ckpt, dropout=0.0)
+    ckpt.unlink()
+    assert ours.cfg.compat == "release"
+
+    lr, coef, wd, warm, T = 1e-4, 1e-3, 0.2, 0.1, a.schedule_steps
+    # the release's optimizer and groups, built as its main_retrieval.prep_optimizer does
+    no_decay = ["bias", "LayerNorm.bias", "LayerNorm.weight"]
+    named = list(rel.named_parameters())
+    dec = [(n, p) for n, p in named if not any(nd in n for nd in no_decay)]
+    nod = [(n, p) for n, p in named if any(nd in n for nd in no_decay)]
+    groups = [{"params": [p for n, p in dec if "clip." in n], "weight_decay": wd, "lr": lr * coef},
+              {"params": [p for n, p in dec if "clip." not in n], "weight_decay": wd},
+              {"params": [p for n, p in nod if "clip." in n], "weight_decay": 0.0, "lr": lr * coef},
+              {"params": [p for n, p in nod if "clip." not in n], "weight_decay": 0.0}]
+    opt_rel = ReleaseBertAdam(groups, lr=lr, warmup=warm, schedule="warmup_cosine", b1=0.9, b2=0.98, e=1e-6,
+                              t_total=T, weight_decay=wd, max_grad_norm=1.0)
+    cfg = load_config(None, ["compat=release", f"train.lr={lr}", f"train.clip_lr_coef={coef}",
+                             f"train.weight_decay={wd}", f"train.warmup_ratio={warm}"])
+    apply_release_model_switches(ours, cfg, "cpu")  # conv1 frozen (fp16 weights need CUDA), as the Trainer does
+    opt_ours, sched = build_optimizer(ours, cfg, T)
+    assert sched is None
+
+    ids, text_mask, frames, mask = _batch(a.batch)
+    idx = torch.arange(a.batch)
+    rel_start = {n: p.detach().clone() for n, p in rel.named_parameters()}
+    our_start = {n: p.detach().clone() for n, p in ours.named_parameters()}
+    losses = []
+    for step in range(a.steps):
+        rel.train()
+        loss_r, _, _ = rel(ids, text_mask, frames, mask, idx, step + 1, None)
+        loss_r.backward()
+        torch.nn.utils.clip_grad_norm_(rel.parameters(), 1.0)
+        opt_rel.step()
+        opt_rel.zero_grad()
+        torch.clamp_(rel.clip.logit_scale.data, max=math.log(100))
+
+        ours.train()
+        out = ours(ids=ids, frames=frames, mask=mask.bool())
+        loss_o, _ = gare_loss(out.sim, out.delta, ours.logit_scale, cfg.loss)
+        opt_ours.zero_grad(set_to_none=True)
+        loss_o.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in ours.parameters() if p.requires_grad], 1.0)
+        opt_ours.step()
+        with torch.no_grad():
+            ours.logit_scale.clamp_(max=math.log(100))
+        lr_, lo_ = float(loss_r.detach()), float(loss_o.detach())
+        losses.append({"step": step + 1, "release": lr_, "gare": lo_, "abs_diff": abs(lr_ - lo_)})
+        print(f"step {step + 1}: loss release {lr_:.7f}  gare {lo_:.7f}  diff {abs(lr_ - lo_):.2e}")
+
+    rel_params = dict(rel.named_parameters())
+    per_tensor = {}
+    for n, p in ours.named_parameters():
+        off = official_name(n)
+        d_o = (p.detach() - our_start[n]).double()
+        d_r = (rel_params[off].detach() - rel_start[off]).double()
+        nr = float(d_r.norm())
+        per_tensor[off] = {"release_update_norm": nr, "gare_update_norm": float(d_o.norm()),
+                           "rel_diff": float((d_o - d_r).norm()) / nr if nr > 0 else float(d_o.norm())}
+    clip_t = {k: v for k, v in per_tensor.items() if k.startswith("clip.")}
+    rest_t = {k: v for k, v in per_tensor.items() if not k.startswith("clip.")}
+
+    def worst(d):
+        moved = {k: v for k, v in d.items() if v["release_update_norm"] > 0}
+        k = max(moved, key=lambda k: moved[k]["rel_diff"])
+        return k, moved[k]["rel_diff"], len(moved), len(d)
+
+    wc, wr = worst(clip_t), worst(rest_t)
+    summary = {"losses": losses, "max_loss_diff": max(x["abs_diff"] for x in losses),
+               "clip_worst": {"tensor": wc[0], "rel_diff": wc[1], "moved": wc[2], "tensors": wc[3]},
+               "rest_worst": {"tensor": wr[0], "rel_diff": wr[1], "moved": wr[2], "tensors": wr[3]},
+               "unmoved_both": sorted(k for k, v in per_tensor.items()
+                                      if v["release_update_norm"] == 0 and v["gare_update_norm"] == 0),
+               "batch": a.batch, "steps": a.steps, "schedule_T": T, "seconds": time.perf_counter() - t0,
+               "torch": torch.__version__, "device": "cpu", "dtype": "fp32", "dropout": 0.0}
+    print(f"max loss diff {summary['max_loss_diff']:.2e}; CLIP tensors: worst update rel diff {wc[1]:.2e} "
+          f"({wc[0]}, {wc[2]}/{wc[3]} moved); other tensors: worst {wr[1]:.2e} ({wr[0]}, {wr[2]}/{wr[3]} moved); "
+          f"{summary['seconds']:.0f} s")
+    if a.out:
+        from gare.io import atomic_write
+
+        atomic_write(a.out, json.dumps({"summary": summary, "per_tensor": per_tensor}, indent=2))
+    ok = summary["max_loss_diff"] < 1e-4 and wc[1] < 0.05 and wr[1] < 1e-3
+    print("matches the release within the issue's bounds (loss 1e-4, CLIP 5%, rest 0.1%)" if ok
+          else "DOES NOT match the release within the issue's bounds")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
