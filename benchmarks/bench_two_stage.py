@@ -65,34 +65,25 @@ def encode_checkpoint_split(path: str, split: str):
     """
     from gare.config import merge_overrides
     from gare.data.datasets import load_split
-    from gare.data.loader import VideoDataset, collate
-    from gare.data.video import FrameTransform
-    from gare.evaluate.protocol import encode_texts, encode_videos
-    from gare.model import load_model
     from gare.model.checkpoint import resolve_checkpoint, run_config
+    from gare.pipeline import RunData, encode_split, load_data, load_run_model
 
     ckpt = resolve_checkpoint(path)
     d = run_config(ckpt)
     if d is None:
         raise SystemExit(f"{ckpt} carries no run config (train it with `gare train` / `gare demo`)")
-    cfg = merge_overrides(d)
-    model = load_model(ckpt).eval()
+    cfg = merge_overrides(d, ["data.workers=0"])
+    model = load_run_model(ckpt)
     if cfg.data.dataset == "synthetic":
         root = Path(cfg.data.videos or "data/shapes")
         ann = root / "annotations.jsonl"
         if not ann.exists():
             raise FileNotFoundError(f"{ann} not found: generate the demo data first (gare demo / gare data synth)")
-        sp = load_split("jsonl", split, annotations=ann, videos=root)
+        data = RunData({split: load_split("jsonl", split, annotations=ann, videos=root)}, None, str(ann), str(root))
     else:
-        from gare.train.data import resolve_data
-
-        sp = resolve_data(cfg, splits=(split,), image_size=model.image_size).splits[split]
-    texts, qv = sp.queries()
-    vds = VideoDataset(sp, framerate=cfg.data.framerate, max_frames=cfg.data.max_frames,
-                       transform=FrameTransform(model.image_size, train=False))
-    t = encode_texts(model, texts)
-    v, m = encode_videos(model, vds, batch_size=cfg.train.eval_batch_size, workers=0, collate=collate)
-    return model, t, v, m, list(qv)
+        data = load_data(cfg, splits=(split,), image_size=model.image_size)
+    enc = encode_split(model, cfg, split, data=data)
+    return model, enc.t, enc.v, enc.mask, enc.query_video
 
 
 def main(argv=None) -> int:

@@ -305,7 +305,7 @@ def test_radius_truncation_sweep_switches_where_specified():
 
 
 def test_noise_grid_corrupts_the_stated_fraction_of_training_captions():
-    from gare.train.data import train_pairs
+    from gare.pipeline import training_pairs
 
     class Split:
         def train_pairs(self):
@@ -316,7 +316,7 @@ def test_noise_grid_corrupts_the_stated_fraction_of_training_captions():
         for s in grid.seeds:
             cfg = resolve_run(grid, v, s)
             assert cfg.data.noise_seed == s and cfg.train.diagnostics
-            pairs, corrupted = train_pairs(cfg, Split())
+            pairs, corrupted = training_pairs(cfg, Split())
             assert len(corrupted) == round(400 * v.x / 100)
             assert all(pairs[i][1] != Split().train_pairs()[i][1] for i in corrupted)
             assert cfg.model.scorer.use_delta == v.name.startswith("gare")

@@ -368,14 +368,34 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # recipes shipped in the package (package data)
+
+
+def packaged_recipes() -> list[str]:
+    """Names of the recipes shipped in the package (``gare train demo``)."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def recipe_path(name: str | Path) -> Path:
+    """A recipe file: ``name`` itself when that file exists, else the packaged recipe of that name
+    (``demo`` or ``demo.yaml`` -> the package's ``recipes/demo.yaml``)."""
+    p = Path(name)
+    if p.exists():
+        return p
+    packaged = RECIPES_DIR / (p.name if p.suffix == ".yaml" else f"{p.name}.yaml")
+    if len(p.parts) == 1 and packaged.is_file():
+        return packaged
+    raise ConfigError(f"config file not found: {p} (packaged recipes, usable by name: "
+                      f"{', '.join(packaged_recipes())})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, *,
                 _chain: tuple[Path, ...] = (), _resolve: bool = True) -> Config:
-    """Read a YAML recipe (``base: other.yaml`` inherits) and apply overrides; validates everything."""
+    """Read a YAML recipe (a file, or a packaged recipe by name: ``demo``; ``base: other.yaml`` inherits) and
+    apply overrides; validates everything."""
     data: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file not found: {path}")
+        path = recipe_path(path)
         with open(path) as fh:
             try:
                 data = yaml.safe_load(fh) or {}

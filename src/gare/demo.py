@@ -35,9 +35,9 @@ from .evaluate.protocol import metrics_table
 from .experiments import aggregate, collect, export_backbone, load_grid, run_grid, run_one, write_results
 from .io import atomic_write
 from .model.gare import GareModel
+from .pipeline import load_data
 from .plots import plot_curves, read_metrics
 from .threads import available_cores, choose_threads
-from .train.data import resolve_data
 from .train.features import extract_features
 from .train.trainer import train
 
@@ -219,7 +219,7 @@ def run_demo(out: str | Path = "runs/demo", data_dir: str = "data/shapes", *, st
     image_size = GareModel(cfgs["gare"].model).image_size
     log.info("demo: data %s (generated and pre-decoded when missing)", data_dir)
     t_data = time.perf_counter()
-    resolve_data(cfgs["gare"], image_size=image_size)
+    load_data(cfgs["gare"], image_size=image_size)
     t_data = time.perf_counter() - t_data
     pool = _Jobs(jobs, threads)
     timings = {"data_seconds": t_data}

@@ -107,7 +107,7 @@ def sample_frames(path, *, framerate: float = 1.0, max_frames: int = 12, start: 
         VideoDecodeError: missing, empty, truncated or undecodable file, unknown codec, no video stream,
             or a segment outside the video.
     """
-    if decoder not in _SAMPLERS:
+    if decoder not in SAMPLERS:
         raise ValueError(f"unknown video decoder {decoder!r}; choose one of {DECODERS}")
     if framerate <= 0:
         raise ValueError(f"framerate must be > 0, got {framerate}")
@@ -117,9 +117,9 @@ def sample_frames(path, *, framerate: float = 1.0, max_frames: int = 12, start: 
         raise VideoDecodeError(path, f"empty segment: end {end} s <= start {start} s", "bad_segment")
     check_file(path)
     if decoder == "pyav":
-        frames = _SAMPLERS[decoder](path, framerate, max_frames, start, end, threads)
+        frames = SAMPLERS[decoder](path, framerate, max_frames, start, end, threads)
     else:
-        frames = _SAMPLERS[decoder](path, framerate, max_frames, start, end)
+        frames = SAMPLERS[decoder](path, framerate, max_frames, start, end)
     return _finish(frames, max_frames, size)
 
 
@@ -658,5 +658,6 @@ def iter_video_files(root, exts: Iterable[str] = (".mp4", ".avi", ".mkv", ".webm
     yield from sorted(out)
 
 
-# decoder name (data.decoder) -> sampler(path, framerate, max_frames, start, end[, threads]) -> RGB frames
-_SAMPLERS = {"pyav": _sample_pyav, "opencv": _sample_opencv, "decord": _sample_decord}
+# decoder name (data.decoder) -> sampler(path, framerate, max_frames, start, end[, threads]) -> RGB frames;
+# sample_frames looks the decoder up here at each call (tests wrap an entry to see which decoder ran)
+SAMPLERS = {"pyav": _sample_pyav, "opencv": _sample_opencv, "decord": _sample_decord}

@@ -8,17 +8,10 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, ConfigError, load_config, merge_overrides
-from ..model.checkpoint import resolve_checkpoint, run_config
-from .protocol import (
-    EncodedSplit,
-    cache_gallery,
-    encode_texts,
-    encode_videos,
-    evaluate_encoded,
-    metrics_table,
-    needs_words,
-)
+from ..io import atomic_write
+from ..model.checkpoint import resolve_checkpoint
+from ..pipeline import encode_split, load_data, load_run_model, run_recipe
+from .protocol import cache_gallery, encode_texts, evaluate_encoded, metrics_table
 
 log = logging.getLogger(__name__)
 
@@ -26,36 +19,15 @@ log = logging.getLogger(__name__)
 def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", config: str | None = None,
                         overrides: list[str] | None = None, dsl: bool = False, qb_norm: bool = False,
                         two_stage_k: int | None = None, out: str | Path | None = None, device: str = "auto") -> dict:
-    from ..data.loader import VideoDataset, collate
-    from ..data.video import FrameTransform
-    from ..model.factory import load_model
-    from ..train.data import resolve_data
-    from ..train.trainer import resolve_device
-
+    """Evaluate a checkpoint file or run folder on ``split`` of the recipe ``config`` (default: the run
+    config stored in the checkpoint), with ``overrides``. Writes results.json/md to ``out`` when given."""
     ckpt = resolve_checkpoint(checkpoint)
-    if config:
-        cfg = load_config(config, overrides)
-    else:
-        d = run_config(ckpt)
-        if d is None:
-            raise ConfigError(f"{ckpt} carries no run config; pass --config RECIPE to say which data to evaluate on")
-        cfg = merge_overrides(d, overrides, Config)
-    dev = resolve_device(device)
-    model = load_model(ckpt, device=dev)
-    data = resolve_data(cfg, splits=tuple(sorted({split, "train"})) if qb_norm else (split,),
-                        image_size=model.image_size)
+    cfg = run_recipe(ckpt, config=config, overrides=overrides)
+    model = load_run_model(ckpt, device=device)
+    data = load_data(cfg, splits=tuple(sorted({split, "train"})) if qb_norm else (split,),
+                     image_size=model.image_size)
     sp = data.splits[split]
-    texts, qv = sp.queries()
-    tf = FrameTransform(model.image_size, train=False)
-    vds = VideoDataset(sp, framerate=cfg.data.framerate, max_frames=cfg.data.max_frames, transform=tf,
-                       store=data.store)
-    words = word_mask = None
-    if needs_words(model):
-        t, words, word_mask = encode_texts(model, texts, return_words=True)
-    else:
-        t = encode_texts(model, texts)
-    v, m = encode_videos(model, vds, batch_size=cfg.train.eval_batch_size, workers=cfg.data.workers, collate=collate)
-    enc = EncodedSplit(texts, list(qv), t, v, m, words, word_mask)
+    enc = encode_split(model, cfg, split, data=data)
     bank = None
     if qb_norm:
         out_dir = Path(out) if out else ckpt.parent
@@ -67,8 +39,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", config: 
             tb = encode_texts(model, bank_texts)
             cache_gallery(model, enc)  # the split's videos are scored twice: by the bank and by the queries
             bank = model.similarity(tb, *enc.videos()).float().cpu()
-            out_dir.mkdir(parents=True, exist_ok=True)
-            torch.save(bank, cache)
+            atomic_write(cache, lambda tmp: torch.save(bank, tmp))
     res = evaluate_encoded(model, enc, dsl=dsl, qb_bank=bank, two_stage_k=two_stage_k)
     label = f"{ckpt.name} ({cfg.data.dataset} {split}" + (f", two-stage K={two_stage_k}" if two_stage_k else "") + ")"
     rows = {label: res}
@@ -77,8 +48,6 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", config: 
     res["markdown"] = metrics_table(rows)
     res["protocol"] = sp.protocol
     if out:
-        o = Path(out)
-        o.mkdir(parents=True, exist_ok=True)
-        (o / "results.json").write_text(json.dumps(res, indent=2, default=float))
-        (o / "results.md").write_text(res["markdown"] + "\n")
+        atomic_write(Path(out) / "results.json", json.dumps(res, indent=2, default=float))
+        atomic_write(Path(out) / "results.md", res["markdown"] + "\n")
     return res

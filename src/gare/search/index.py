@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 from ..data.video import FrameTransform, iter_video_files
 from ..model import fast_scorer
 from ..model.checkpoint import resolve_checkpoint
-from ..model.factory import load_model
 from ..model.gallery import VideoGallery
+from ..pipeline import load_run_model
 from .media import DecodedVideo, decode_video
 from .store import (
     DB_NAME,
@@ -324,7 +324,7 @@ def _settings(con: sqlite3.Connection, out: Path, root: Path, ckpt: Path, framer
     if meta:
         _check_existing(meta, out, root, model_id, samp, dtype, ckpt)
         return IndexSettings.from_dict(json.loads(meta["settings"]))
-    gmodel = load_model(ckpt, device=device)  # a new index records the model's dimensions
+    gmodel = load_run_model(ckpt, device=device)  # a new index records the model's dimensions
     settings = IndexSettings(model_id=model_id, embed_dim=gmodel.embed_dim, image_size=gmodel.image_size,
                              framerate=float(samp["framerate"]), max_frames=int(samp["max_frames"]),
                              decoder=str(samp["decoder"]), dtype=dtype)
@@ -355,7 +355,7 @@ def _upgrade(con: sqlite3.Connection, out: Path, ckpt: Path, device: str, settin
     meta = read_meta(con)
     if meta.get("format") == INDEX_FORMAT:
         return
-    gmodel = load_model(ckpt, device=device)
+    gmodel = load_run_model(ckpt, device=device)
     if supports_gallery(gmodel):
         n = add_bases(con, out, lambda f, m: gallery_of(gmodel, f.float(), m, settings.dtype))
         log.info("index %s: upgraded to %s (bases written for %d shard(s))", out, INDEX_FORMAT, n)
@@ -459,7 +459,7 @@ def _encode_share(ranks: Ranks, out: Path, ckpt: Path, plan: _Plan, report: Inde
     if not todo:
         return
     settings = plan.settings
-    gmodel = load_model(ckpt, device=device)  # same file as the settings' sha256 (checked by rank 0)
+    gmodel = load_run_model(ckpt, device=device)  # same file as the settings' sha256 (checked by rank 0)
     with_bases = supports_gallery(gmodel)
     transform = FrameTransform(settings.image_size, train=False)
     dtype = DTYPES[settings.dtype]

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from ..model.checkpoint import resolve_checkpoint
-from ..model.factory import load_model
 from ..model.gallery import VideoGallery
+from ..pipeline import load_run_model
 from .index import gallery_of, supports_gallery
 from .store import (
     THUMB_DIR,
@@ -210,7 +210,7 @@ class SearchEngine:
                                      "search it with the model it was built with, or index again with this one: "
                                      f"`{rebuild}`")
         t0 = time.perf_counter()
-        gmodel = load_model(ckpt, device=device).eval()
+        gmodel = load_run_model(ckpt, device=device)
         con = connect_readonly(index_dir)
         try:
             records = [VideoRecord(*r) for r in con.execute(

@@ -1,77 +1,18 @@
-"""Builds the splits, frame store and loaders a run needs from its :class:`DataConfig`.
+"""Training-loop data plumbing: seeded per-item randomness, the resumable epoch sampler and the loader.
 
-The only place the trainer touches the data layer, so the data layer stays independent of models.
+The splits, frame store and datasets themselves come from :mod:`gare.pipeline`.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..config import Config, ConfigError
-
 log = logging.getLogger(__name__)
-
-DEFAULT_SYNTH_DIR = "data/shapes"
-
-
-@dataclass
-class RunData:
-    splits: dict  # name -> gare.data.datasets.Split
-    store: object | None  # FrameStore or None
-    annotations: str
-    videos: str
-
-
-def resolve_data(cfg: Config, *, splits=("train", "val", "test"), image_size: int) -> RunData:
-    from ..data import datasets
-
-    d = cfg.data
-    if d.dataset == "synthetic":
-        from ..data import synthetic
-
-        root = Path(d.videos or DEFAULT_SYNTH_DIR)
-        ann = synthetic.generate(root, n_videos=d.synthetic_videos, seed=d.synthetic_seed, **d.synthetic_options)
-        kind, annotations, videos = "jsonl", str(ann), str(root)
-    else:
-        if not d.annotations:
-            raise ConfigError(f"data.annotations is not set for dataset '{d.dataset}' (the annotation folder or file)")
-        if not Path(d.annotations).exists():
-            raise ConfigError(f"data.annotations path does not exist: {d.annotations}")
-        if d.dataset != "jsonl" and not d.videos:
-            raise ConfigError(f"data.videos is not set for dataset '{d.dataset}' (the folder of video files)")
-        if d.videos and not Path(d.videos).exists():
-            raise ConfigError(f"data.videos path does not exist: {d.videos}")
-        kind, annotations, videos = d.dataset, d.annotations, d.videos or str(Path(d.annotations).parent)
-    loaded = {s: datasets.load_split(kind, s, annotations=annotations, videos=videos, **d.options) for s in splits}
-    store = None
-    if d.frame_store:
-        from ..data.cache import FrameStore
-
-        path = Path(d.frame_store)
-        if d.frame_store == "auto":
-            path = Path(videos) / f"frames_fps{d.framerate:g}_f{d.max_frames}_s{image_size}.store"
-        items = [it for s in loaded.values() for it in s.items]
-        store = FrameStore.build(items, path, framerate=d.framerate, max_frames=d.max_frames, size=image_size,
-                                 decoder=d.decoder)
-    return RunData(loaded, store, annotations, videos)
-
-
-def train_pairs(cfg: Config, split) -> tuple[list, list[int]]:
-    pairs = list(split.train_pairs())
-    corrupted: list[int] = []
-    if cfg.data.noise_fraction > 0:
-        from ..data.noise import corrupt_captions
-
-        pairs, corrupted = corrupt_captions(pairs, cfg.data.noise_fraction, cfg.data.noise_seed)
-        log.info("noisy correspondence: %d of %d training captions replaced", len(corrupted), len(pairs))
-    return pairs, list(corrupted)
 
 
 class SeededItems(Dataset):

@@ -29,13 +29,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config, ConfigError
 from ..data import dataset_fingerprint
-from ..data.loader import VideoDataset, collate
-from ..data.video import FrameTransform
+from ..data.loader import collate
 from ..evaluate.protocol import EncodedSplit
 from ..io import atomic_write
 from ..model.gare import GareModel
 from ..model.weights import weights_fingerprint
-from .data import resolve_data
+from ..pipeline import load_data, resolve_device, video_dataset
 
 log = logging.getLogger(__name__)
 
@@ -112,19 +111,15 @@ def extract_features(cfg: Config, out: str | Path, batch_size: int = 32, *, dtyp
                      words: bool = True, command: str | None = None) -> Path:
     """Encode every video of train/val/test and every training caption and evaluation query with the
     frozen towers of ``cfg``; write the cache to ``out`` (see the module docstring)."""
-    from .trainer import resolve_device  # lazy: the trainer imports this module
-
     if dtype not in DTYPES:
         raise ConfigError(f"feature dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     dt = DTYPES[dtype]
     device = resolve_device(cfg.train.device)
     model = GareModel(cfg.model).to(device).eval()
-    data = resolve_data(cfg, image_size=model.image_size)
+    data = load_data(cfg, image_size=model.image_size)
     vids, frames, masks, seen = [], [], [], set()
-    tf = FrameTransform(model.image_size, train=False)
-    for sp in data.splits.values():
-        ds = VideoDataset(sp, framerate=cfg.data.framerate, max_frames=cfg.data.max_frames, transform=tf,
-                          store=data.store, decoder=cfg.data.decoder)
+    for name, sp in data.splits.items():
+        ds = video_dataset(cfg, name, image_size=model.image_size, data=data)
         for batch in DataLoader(ds, batch_size=batch_size, collate_fn=collate, num_workers=cfg.data.workers):
             f = model.encode_frames(batch["frames"].to(device), batch["mask"].to(device))
             for k, vi in enumerate(batch["video_index"].tolist()):
@@ -243,7 +238,7 @@ def load_features(path: str | Path, model, cfg: Config, data=None, *, rebuild: s
 def check_features(path: str | Path, cfg: Config, *, rebuild: str | None = None) -> FeatureCache:
     """:func:`load_features` for a config alone (builds its model on the CPU and resolves its data)."""
     model = GareModel(cfg.model).eval()
-    data = resolve_data(cfg, image_size=model.image_size)
+    data = load_data(cfg, image_size=model.image_size)
     return load_features(path, model, cfg, data, rebuild=rebuild)
 
 

@@ -17,17 +17,24 @@ from pathlib import Path
 import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm.auto import tqdm
 
 from .. import distributed as dist_utils
 from ..config import Config, ConfigError, config_to_dict, resolve_compat
+from ..data.loader import collate
+from ..evaluate.geometry import split_geometry
+from ..evaluate.protocol import evaluate_encoded, needs_words
 from ..model.checkpoint import read_checkpoint
 from ..model.factory import load_model
 from ..model.gare import GareModel
 from ..model.weights import load_state_dict_strict
 from ..objectives import gare_loss
+from ..pipeline import encode_split, load_data, resolve_device, train_dataset, training_pairs, video_dataset
 from ..threads import apply_threads
 from .checkpoint import load_training_state, save_training_checkpoint
-from .data import EpochSampler, SeededItems, make_loader, resolve_data, train_pairs
+from .data import EpochSampler, SeededItems, make_loader
+from .diagnose import step_diagnostics
+from .features import FeaturePairDataset, encode_split_cached, feature_collate, load_features
 from .optim import build_optimizer, current_lr
 
 log = logging.getLogger(__name__)
@@ -35,14 +42,6 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but CUDA is not available on this machine; use train.device=cpu")
-    return torch.device(name)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -114,22 +113,13 @@ class Trainer:
 
     # -- data ---------------------------------------------------------------------------------------
     def _setup_data(self) -> None:
-        from ..data.loader import TrainPairDataset, VideoDataset, collate
-        from ..data.video import FrameTransform
-
         cfg, tc = self.cfg, self.cfg.train
         size = self.model.image_size
-        self.data = resolve_data(cfg, image_size=size)
+        self.data = load_data(cfg, image_size=size)
         train_split = self.data.splits["train"]
-        pairs, self.corrupted = train_pairs(cfg, train_split)
+        pairs, self.corrupted = training_pairs(cfg, train_split)
         self.collate = collate
-        self.video_kwargs = dict(framerate=cfg.data.framerate, max_frames=cfg.data.max_frames, store=self.data.store,
-                                 decoder=cfg.data.decoder, report=self.run_dir,
-                                 max_bad_fraction=cfg.data.bad_input_threshold)
         if tc.features:
-            from ..evaluate.protocol import needs_words
-            from .features import FeaturePairDataset, feature_collate, load_features
-
             self.features = load_features(tc.features, self.model, cfg, self.data)
             if cfg.model.compat == "release":
                 log.warning("release.padded_frames with cached features: padded slots are zero vectors here, not "
@@ -138,13 +128,7 @@ class Trainer:
             self.collate = feature_collate
         else:
             self.features = None
-            if cfg.release.augment and cfg.data.augment:
-                from ..data.video import ReleaseFrameTransform
-
-                transform = ReleaseFrameTransform(size, train=True)
-            else:
-                transform = FrameTransform(size, train=cfg.data.augment)
-            ds = TrainPairDataset(train_split, transform=transform, pairs=pairs, **self.video_kwargs)
+            ds = train_dataset(cfg, pairs, image_size=size, data=self.data, report=self.run_dir)
         self.train_ds = SeededItems(ds, tc.seed)
         self.sampler = EpochSampler(len(ds), tc.batch_size, tc.seed, self.dist.rank, self.dist.world_size)
         per_epoch = self.sampler.batches_per_epoch()
@@ -155,8 +139,7 @@ class Trainer:
         # the release's schedule length is the steps of 5 epochs, whatever the epoch count
         self.schedule_steps = (max(1, int(math.ceil(cfg.release.schedule_epochs * per_epoch)))
                                if cfg.release.optimizer else self.total_steps)
-        self.eval_transform = FrameTransform(size, train=False)
-        self.video_ds = {s: VideoDataset(self.data.splits[s], transform=self.eval_transform, **self.video_kwargs)
+        self.video_ds = {s: video_dataset(cfg, s, image_size=size, data=self.data, report=self.run_dir)
                          for s in ("val", "test")}
         self.tokenize = self.model.backbone.tokenize
 
@@ -186,6 +169,7 @@ class Trainer:
             fh.write(json.dumps(record) + "\n")
         if self.cfg.train.tensorboard:
             if self._tb is None:
+                # lazy on purpose: tensorboard is optional and slow to import; runs with train.tensorboard=false skip it
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(str(self.run_dir / "tb"))
@@ -285,8 +269,6 @@ class Trainer:
 
     def _diagnostics(self, batch, out, vid) -> dict:
         try:
-            from .diagnose import step_diagnostics
-
             return step_diagnostics(self, batch, out, vid)
         except Exception as e:  # noqa: BLE001 - diagnostics must never stop training
             log.warning("diagnostics failed at step %d: %s", self.step, e)
@@ -297,46 +279,21 @@ class Trainer:
     def encode(self, split: str, model: GareModel | None = None):
         """The evaluation embeddings of a split (:class:`EncodedSplit`): from the feature cache in
         cached-feature mode (the towers are not run), else by encoding the split's texts and videos."""
-        from ..evaluate.protocol import EncodedSplit, encode_texts, encode_videos, needs_words
-
         model = model or self.model
         model.eval()
-        sp = self.data.splits[split]
         if self.features is not None:
-            from .features import encode_split_cached
-
-            return encode_split_cached(model, self.features, sp, words=needs_words(model),
+            return encode_split_cached(model, self.features, self.data.splits[split], words=needs_words(model),
                                        batch_size=self.cfg.train.eval_batch_size)
-        texts, qv = sp.queries()
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            words = word_mask = None
-            if needs_words(model):
-                t, words, word_mask = encode_texts(model, texts, rank=self.dist.rank, world=self.dist.world_size,
-                                                   return_words=True)
-            else:
-                t = encode_texts(model, texts, rank=self.dist.rank, world=self.dist.world_size)
-            v, m = encode_videos(model, self.video_ds[split], batch_size=self.cfg.train.eval_batch_size,
-                                 workers=self.cfg.data.workers, rank=self.dist.rank, world=self.dist.world_size,
-                                 collate=self.collate_eval)
-        return EncodedSplit(texts, list(qv), t.float(), v.float(), m,
-                            None if words is None else words.float(), word_mask)
+            return encode_split(model, self.cfg, split, data=self.data, videos=self.video_ds[split],
+                                rank=self.dist.rank, world=self.dist.world_size)
 
     @torch.no_grad()
     def evaluate(self, split: str, model: GareModel | None = None, **kw) -> dict:
-        from ..evaluate.protocol import evaluate_encoded
-
         model = model or self.model
         return evaluate_encoded(model, self.encode(split, model), **kw)
 
-    @staticmethod
-    def collate_eval(items):
-        from ..data.loader import collate
-
-        return collate(items)
-
     def _validate(self) -> dict:
-        from ..evaluate.protocol import evaluate_encoded
-
         enc = self.encode("val")
         res = evaluate_encoded(self.model, enc)
         rec = {"kind": "val", "step": self.step, "epoch": self.epoch, **{f"t2v_{k}": v for k, v in res["t2v"].items()},
@@ -354,8 +311,6 @@ class Trainer:
 
     def _geometry(self, enc) -> dict:
         """``geo_*``: modality-gap measures of an encoded split (:func:`gare.evaluate.geometry.split_geometry`)."""
-        from ..evaluate.geometry import split_geometry
-
         try:
             geo = split_geometry(self.model, enc.t, enc.v, enc.mask, enc.query_video, words=enc.words,
                                  word_mask=enc.word_mask)
@@ -381,8 +336,6 @@ class Trainer:
         save_every = tc.save_every or eval_every
         bar = None
         if self.show_progress:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=self.total_steps, initial=self.step, desc=self.cfg.name, dynamic_ncols=True)
         t_start = time.perf_counter()
         done_here = 0
