@@ -15,7 +15,7 @@ from gare.evaluate.metrics import t2v_v2t_metrics
 from gare.evaluate.protocol import encode_texts, encode_videos
 from gare.model.backbone import ClipBackbone
 from gare.model.gare import GareModel
-from gare.train.data import resolve_data
+from gare.pipeline import load_data
 from gare.train.features import FeatureCache, encode_split_cached, extract_features, features_fingerprint, load_features
 
 
@@ -48,7 +48,7 @@ def caches(shapes_dir, tmp_path_factory):
 def test_cache_holds_every_split_text_with_exact_word_embeddings(shapes_dir, caches, tmp_path):
     cfg = micro_cfg(shapes_dir, tmp_path)
     model = micro_model(cfg)
-    data = resolve_data(cfg, image_size=model.image_size)
+    data = load_data(cfg, image_size=model.image_size)
     cache = load_features(caches["float32"], model, cfg, data)
     for name, sp in data.splits.items():
         texts = sp.queries()[0] if name != "train" else sorted({c for _, c in sp.train_pairs()})
@@ -65,7 +65,7 @@ def test_cached_evaluation_equals_tower_evaluation_float32_and_float16_agreement
 
     cfg = micro_cfg(shapes_dir, tmp_path)
     model = micro_model(cfg)
-    data = resolve_data(cfg, image_size=model.image_size)
+    data = load_data(cfg, image_size=model.image_size)
     sp = data.splits["test"]
     texts, qv = sp.queries()
     t, w, wm = encode_texts(model, texts, return_words=True)
@@ -110,7 +110,7 @@ def test_stale_cache_refusals_name_the_difference_and_the_rebuild_command(shapes
 
     cfg = micro_cfg(shapes_dir, tmp_path)
     model = micro_model(cfg)
-    data = resolve_data(cfg, image_size=model.image_size)
+    data = load_data(cfg, image_size=model.image_size)
     path = caches["float16"]
     load_features(path, model, cfg, data)  # the matching run is accepted
 
@@ -151,7 +151,7 @@ def test_stale_cache_refusals_name_the_difference_and_the_rebuild_command(shapes
 
 
 def _data_without_generation(root):
-    """The run data of a copied folder whose manifest was edited (resolve_data would regenerate it)."""
-    from gare.train.data import RunData
+    """The run data of a copied folder whose manifest was edited (load_data would regenerate it)."""
+    from gare.pipeline import RunData
 
     return RunData(splits={}, store=None, annotations=str(root / "annotations.jsonl"), videos=str(root))
