@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_command(sub)
     b = sub.add_parser("bench", help="run the benchmarks under benchmarks/ (prints measured ratios)")
     b.add_argument("name", nargs="?", default="all",
-                   help="scorer | gallery | memory | two_stage | train_step | data | all")
+                   help="scorer | gallery | memory | two_stage | train_step | data | search | all")
     b.add_argument("args", nargs=argparse.REMAINDER)
     b.set_defaults(func=cmd_bench)
     return p

@@ -1,0 +1,383 @@
+"""Search at collection scale: first-stage recall curves, two-stage latency, per-video costs.
+
+    python benchmarks/bench_search.py [--videos 100000] [--queries 100] [--two-stage-videos 1000000]
+                                      [--bases-store 20000] [--json docs/results/bench_search.json]
+    gare bench search -- --json docs/results/bench_search.json
+
+Generated features (no trained model): a random small GARE scorer at ViT-B/32 sizes (D = 512, F = 12 frames,
+psi with 1 head and 1 layer) in two settings, ``init`` (psi at its initialization: small Delta, as at the
+start of training) and ``random`` (non-initial random parameters: large Delta, the harder case for a first
+stage). Each video is a random content vector plus per-frame noise; each query is a noisy copy of one
+video's content (bench_scorer.features, generated chunk by chunk so that 10^5 videos never sit in memory).
+
+1. **First-stage recall.** For ``--queries`` queries over ``--videos`` videos: the exact GARE top 10 (every
+   video scored from its bases, built chunk by chunk) and, for K in ``--ks``, the fraction of it inside the
+   top K of (a) the mean-vector first stage cos(t, vbar) (today's) and (b) the frame-level first stage
+   max_j cos(t, f_j) (what FAISS on frame vectors returns after merging a video's frames).
+2. **float16 bases.** Top-10 agreement and largest score difference of float16 rows vs float32 bases.
+3. **Two-stage latency over ``--two-stage-videos`` videos**, without the text encoder: FAISS first stage on
+   that many vbar vectors (flat, and IVF), then the exact rerank of the top K candidates from a
+   memory-mapped bases file (``--bases-store`` videos written to disk; candidate ids map onto its rows
+   modulo its size, because 10^6 videos' bases, ~79 GB, do not fit this machine).
+4. **Per-video costs** for docs/scale.md: bytes (frames, bases, first-stage vector), the CPU time of building
+   the bases, and of encoding one video's 12 frames with ViT-B/32 (random weights; the same FLOPs as CLIP).
+
+Everything runs on one thread; wall time and CPU time are both reported (a shared machine's wall time
+includes waiting for the CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_common_args, machine, setup  # noqa: E402
+from bench_scorer import trained_like  # noqa: E402
+from gare.config import PsiConfig, ScorerConfig  # noqa: E402
+from gare.model.fast_scorer import build_gallery, gallery_similarity  # noqa: E402
+from gare.model.gallery import VideoGallery  # noqa: E402
+from gare.model.scorer import PairScorer  # noqa: E402
+from gare.search.store import mmap_safetensors  # noqa: E402
+
+KS = (10, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+class Clock:
+    """Wall and CPU seconds of a block (``with Clock() as c: ...; c.wall, c.cpu``)."""
+
+    def __enter__(self):
+        self.w, self.c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.w, time.process_time() - self.c
+
+
+def scorers(dim: int) -> dict[str, PairScorer]:
+    cfg = ScorerConfig(psi=PsiConfig(heads=1, layers=1))
+    torch.manual_seed(0)
+    return {"init": PairScorer(cfg, dim).eval(), "random": trained_like(PairScorer(cfg, dim), seed=1)}
+
+
+def content(n: int, dim: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
+
+
+def chunk_frames(base: torch.Tensor, frames: int, seed: int) -> torch.Tensor:
+    """Videos ``[n, F, D]`` around their content vectors (bench_scorer.features' recipe)."""
+    g = torch.Generator().manual_seed(seed)
+    scale = 10.0 / base.shape[1] ** 0.5
+    return (base[:, None] + 0.5 * torch.randn(base.shape[0], frames, base.shape[1], generator=g)) * scale
+
+
+def queries(base: torch.Tensor, n_q: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(0, base.shape[0], (n_q,), generator=g)
+    scale = 10.0 / base.shape[1] ** 0.5
+    return (base[src] + torch.randn(n_q, base.shape[1], generator=g)) * scale
+
+
+def recall_curves(args, scs: dict[str, PairScorer]) -> dict:
+    """Exact GARE top 10 vs the two first stages, as a function of K."""
+    N, D, F, Q = args.videos, args.dim, args.frames, args.queries
+    base = content(N, D, args.seed)
+    t = queries(base, Q, args.seed + 1)
+    tn = torch.nn.functional.normalize(t, dim=-1)
+    mean_cos = torch.empty(Q, N)
+    frame_cos = torch.empty(Q, N)
+    exact = {name: torch.empty(Q, N) for name in scs}
+    build = {name: [0.0, 0.0] for name in scs}
+    score = {name: [0.0, 0.0] for name in scs}
+    f16 = {name: {"top10_agreement": [], "max_abs_diff": 0.0} for name in scs}
+    chunk = args.chunk
+    with Clock() as total:
+        for c, s in enumerate(range(0, N, chunk)):
+            f = chunk_frames(base[s:s + chunk], F, args.seed + 100 + c)  # [n, F, D]
+            vbar = torch.nn.functional.normalize(f.mean(1), dim=-1)
+            mean_cos[:, s:s + chunk] = tn @ vbar.T
+            fnorm = torch.nn.functional.normalize(f, dim=-1)
+            frame_cos[:, s:s + chunk] = torch.einsum("qd,nfd->qnf", tn, fnorm).amax(-1)
+            for name, sc in scs.items():
+                with Clock() as cb:
+                    g = build_gallery(sc, f)
+                with Clock() as cs:
+                    exact[name][:, s:s + chunk] = gallery_similarity(sc, t, g)
+                build[name][0] += cb.wall
+                build[name][1] += cb.cpu
+                score[name][0] += cs.wall
+                score[name][1] += cs.cpu
+                if c == 0:  # float16 rows: ranking agreement on the first chunk
+                    a = gallery_similarity(sc, t, g)
+                    b = gallery_similarity(sc, t, g.rows_as(torch.float16))
+                    top_a, top_b = a.topk(10, dim=1).indices, b.topk(10, dim=1).indices
+                    agree = [len(set(x.tolist()) & set(y.tolist())) / 10 for x, y in zip(top_a, top_b)]
+                    f16[name] = {"videos": int(f.shape[0]), "top10_agreement": float(np.mean(agree)),
+                                 "max_abs_diff": float((a - b).abs().max()),
+                                 "bytes_per_video_float32": g.nbytes() / len(g),
+                                 "bytes_per_video_float16": g.rows_as(torch.float16).nbytes() / len(g)}
+            if args.progress:
+                print(f"  chunk {c + 1}/{-(-N // chunk)}: {time.perf_counter() - total.w:.0f} s", flush=True)
+    out = {"videos": N, "queries": Q, "ks": list(KS), "setups": {}}
+    for name in scs:
+        top10 = exact[name].topk(10, dim=1).indices  # [Q, 10]
+        curves = {}
+        for stage, first in (("mean_vector", mean_cos), ("frame_max", frame_cos)):
+            rank = first.argsort(dim=1, descending=True)
+            pos = torch.empty_like(rank)
+            pos.scatter_(1, rank, torch.arange(N).expand(Q, N).contiguous())  # rank of every video
+            r10 = pos.gather(1, top10)  # [Q, 10] first-stage rank of each exact top-10 video
+            curves[stage] = {str(k): float((r10 < k).float().mean()) for k in KS if k <= N}
+            curves[stage]["K_for_all_top10_median"] = int(r10.amax(1).median()) + 1
+            curves[stage]["K_for_all_top10_p90"] = int(torch.quantile(r10.amax(1).float(), 0.9)) + 1
+        out["setups"][name] = {
+            "recall_of_exact_top10": curves,
+            "build_bases_s": {"wall": build[name][0], "cpu": build[name][1],
+                              "cpu_ms_per_video": 1000 * build[name][1] / N},
+            "exhaustive_score_s": {"wall": score[name][0], "cpu": score[name][1],
+                                   "cpu_ms_per_query": 1000 * score[name][1] / Q,
+                                   "note": f"{Q} queries in one batch against every video, chunks of {chunk}"},
+            "float16_bases": f16[name],
+        }
+    out["wall_s"], out["cpu_s"] = total.wall, total.cpu
+    return out
+
+
+def two_stage_latency(args, sc: PairScorer, K: int) -> dict:
+    """p50 latency of first stage + exact rerank of K, per query, over ``--two-stage-videos`` vbar vectors."""
+    import faiss  # lazy on purpose: only this part needs FAISS
+
+    faiss.omp_set_num_threads(1)
+    N, D, F = args.two_stage_videos, args.dim, args.frames
+    res: dict = {"videos": N, "K": K}
+    M, chunk = args.bases_store, args.chunk
+    tq = queries(content(1000, D, args.seed + 3), args.latency_queries, args.seed + 4)
+    tqn = torch.nn.functional.normalize(tq, dim=-1).numpy()
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        # the bases store: --bases-store videos' galleries in shards of --chunk videos, memory-mapped as the
+        # index does
+        shards = []
+        with Clock() as cg:
+            for c, s in enumerate(range(0, M, chunk)):
+                base = content(min(chunk, M - s), D, args.seed + 7000 + c)
+                path = Path(tmp) / f"{c}.safetensors"
+                save_file(build_gallery(sc, chunk_frames(base, F, args.seed + 9000 + c)).state_dict(), str(path))
+                shards.append(VideoGallery.from_state_dict(mmap_safetensors(path)))
+        res["bases_store"] = {"videos": M, "shards": len(shards),
+                              "bytes": sum(p.stat().st_size for p in Path(tmp).iterdir()),
+                              "build_and_write_s": {"wall": cg.wall, "cpu": cg.cpu}}
+
+        def rerank(t1: torch.Tensor, ids: np.ndarray) -> torch.Tensor:
+            """Exact scores of the candidates (ids mapped onto the store's rows modulo its size)."""
+            rows = ids % M
+            parts = [shards[s][torch.from_numpy(rows[rows // chunk == s] % chunk)] for s in np.unique(rows // chunk)]
+            return gallery_similarity(sc, t1, VideoGallery.cat(parts))  # [1, K]
+
+        rng = np.random.default_rng(args.seed)
+        xb = rng.standard_normal((N, D), dtype=np.float32)
+        xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+        for kind in ("flat", "ivf"):
+            with Clock() as cb:
+                if kind == "flat":
+                    index = faiss.IndexFlatIP(D)
+                else:
+                    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(D), D, args.nlist, faiss.METRIC_INNER_PRODUCT)
+                    index.cp.max_points_per_centroid = 64  # k-means on a sample of 64 x nlist vectors
+                    index.train(xb)
+                    index.nprobe = args.nprobe
+                index.add(xb)
+            first, rr, total, cpu = [], [], [], []
+            for i in range(args.latency_queries):
+                c0, w0 = time.process_time(), time.perf_counter()
+                _, idx = index.search(tqn[i:i + 1], K)
+                w1 = time.perf_counter()
+                S = rerank(tq[i:i + 1], idx[0][idx[0] >= 0])
+                top = S[0].topk(min(10, S.shape[1])).indices
+                w2 = time.perf_counter()
+                assert len(top) == 10
+                first.append(w1 - w0)
+                rr.append(w2 - w1)
+                total.append(w2 - w0)
+                cpu.append(time.process_time() - c0)
+            res[kind] = {"p50_ms": 1000 * float(np.median(total)), "p90_ms": 1000 * float(np.quantile(total, 0.9)),
+                         "first_stage_p50_ms": 1000 * float(np.median(first)),
+                         "rerank_p50_ms": 1000 * float(np.median(rr)),
+                         "cpu_p50_ms": 1000 * float(np.median(cpu)), "queries": args.latency_queries,
+                         "build_s": {"wall": cb.wall, "cpu": cb.cpu}}
+            if kind == "ivf":
+                res[kind].update(nlist=args.nlist, nprobe=args.nprobe)
+            del index
+        del xb
+    return res
+
+
+def encode_cost(args) -> dict:
+    """CPU seconds to encode one video (12 frames, 224 px) with ViT-B/32 + temporal module, random weights."""
+    from gare.config import BackboneConfig, ModelConfig
+    from gare.model.gare import GareModel
+
+    torch.manual_seed(0)
+    model = GareModel(ModelConfig(backbone=BackboneConfig(arch="ViT-B-32"))).eval()
+    x = torch.randn(1, args.frames, 3, 224, 224)
+    m = torch.ones(1, args.frames, dtype=torch.bool)
+    times = []
+    with torch.inference_mode():
+        model.encode_video(x, m)  # warm-up
+        for _ in range(args.encode_repeats):
+            with Clock() as c:
+                model.encode_video(x, m)
+            times.append((c.wall, c.cpu))
+    return {"videos": args.encode_repeats, "frames": args.frames, "arch": "ViT-B-32",
+            "wall_s_per_video": float(np.median([w for w, _ in times])),
+            "cpu_s_per_video": float(np.median([c for _, c in times]))}
+
+
+# ------------------------------------------------------------------------------------------ scale model
+# Assumptions of the extrapolation (not measured here; docs/scale.md lists them next to every figure):
+VIT_B32_GFLOP_PER_FRAME = 8.8  # 4.4 G multiply-adds per 224 px image (analytic count, 50 tokens, 12 layers)
+GPU_EFFECTIVE_TFLOPS = 125.0  # an A100-class GPU in bf16 at 40% of its 312 TFLOP/s peak
+CPU_CORES_PER_GPU = 12  # decoding cores next to each GPU (a 96-core, 8-GPU node)
+NVME_GBPS = 2.0  # random-read bandwidth for bases that are not in the page cache
+PQ_BYTES = 64 + 8  # FAISS IVF-PQ code (M = 64 sub-quantizers x 8 bits) + int64 id, per video
+RAM_FOR_BASES_GB = 64  # page cache a search server can give the bases before they are read from disk
+TIERS = (10**5, 10**6, 10**7, 10**8)
+
+
+def scale_model(res: dict, decode_cpu_s: float | None) -> dict:
+    """Per-tier costs from the measured figures of ``res`` (this benchmark's output), extrapolated."""
+    b = res["bytes_per_video"]
+    enc = res["encode"]
+    ts = res["two_stage"]
+    frames = enc["frames"]
+    gpu_s = frames * VIT_B32_GFLOP_PER_FRAME / (GPU_EFFECTIVE_TFLOPS * 1000)
+    dec_rate = CPU_CORES_PER_GPU / decode_cpu_s if decode_cpu_s else None  # videos/s one GPU's cores decode
+    per_gpu = min(1 / gpu_s, dec_rate) if dec_rate else 1 / gpu_s
+    cal_n = ts["videos"]
+    flat_ms_per_video = ts["flat"]["first_stage_p50_ms"] / cal_n  # flat scan: linear in N
+    scanned_cal = ts["ivf"]["nlist"] + ts["ivf"]["nprobe"] * cal_n / ts["ivf"]["nlist"]
+    ivf_ms_per_scanned = ts["ivf"]["first_stage_p50_ms"] / scanned_cal
+    rerank_ms = ts["ivf"]["rerank_p50_ms"]
+    K = ts["K"]
+    tiers = {}
+    for n in TIERS:
+        nlist = int(4 * n ** 0.5)
+        scanned = nlist + ts["ivf"]["nprobe"] * n / nlist
+        bases_gb = n * b["bases_float32"] / 1e9
+        from_disk_ms = 0.0 if bases_gb <= RAM_FOR_BASES_GB else 1000 * K * b["bases_float32"] / (NVME_GBPS * 1e9)
+        ivf_ms = ivf_ms_per_scanned * scanned
+        tiers[str(n)] = {
+            "disk_gb": {"bases_float32": bases_gb, "bases_float16": n * b["bases_float16"] / 1e9},
+            "first_stage_ram_gb": {"flat_or_ivf_flat": n * b["first_stage_vbar_float32"] / 1e9,
+                                   "ivf_pq": n * PQ_BYTES / 1e9},
+            "build_gpu_hours": n / per_gpu / 3600,
+            "bases_build_cpu_hours": n * res["recall"]["setups"]["random"]["build_bases_s"]["cpu_ms_per_video"]
+            / 1000 / 3600,
+            "first_stage_ms": {"flat": flat_ms_per_video * n, "ivf_flat": ivf_ms, "ivf_nlist": nlist},
+            "rerank_ms": rerank_ms + from_disk_ms,
+            "bases_from_disk": from_disk_ms > 0,
+            "query_ms_ivf": ivf_ms + rerank_ms + from_disk_ms,
+            "qps_per_core_ivf": 1000 / (ivf_ms + rerank_ms + from_disk_ms),
+        }
+    return {"measured_at": cal_n, "K": K, "encoder_gpu_ms_per_video": 1000 * gpu_s,
+            "decode_cpu_s_per_video": decode_cpu_s, "videos_per_s_per_gpu": per_gpu,
+            "bound": "decoding" if dec_rate and dec_rate < 1 / gpu_s else "encoder",
+            "assumptions": {"vit_b32_gflop_per_frame": VIT_B32_GFLOP_PER_FRAME,
+                            "gpu_effective_tflops": GPU_EFFECTIVE_TFLOPS, "cpu_cores_per_gpu": CPU_CORES_PER_GPU,
+                            "nvme_gbps": NVME_GBPS, "pq_bytes_per_video": PQ_BYTES,
+                            "ram_for_bases_gb": RAM_FOR_BASES_GB,
+                            "ivf": "nlist = 4 sqrt(N), nprobe as measured; cost linear in centroids + scanned vectors",
+                            "flat": "cost linear in N"},
+            "tiers": tiers}
+
+
+def decode_cost(path: Path) -> float | None:
+    """CPU seconds to decode and sample one real video (12 frames at 1 fps, 224 px), from bench_data's
+    results file (its real sample videos)."""
+    if not path.is_file():
+        return None
+    for row in json.loads(path.read_text()).get("rows", []):
+        if row["videos"].startswith("real") and "1 fps x 12" in row["videos"]:
+            return 12 / row["decode"]["frames_per_cpu_s"]
+    return None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--videos", type=int, default=100_000, help="collection size of the recall curves")
+    ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--two-stage-videos", type=int, default=1_000_000)
+    ap.add_argument("--bases-store", type=int, default=20_000, help="videos in the memory-mapped bases file")
+    ap.add_argument("--latency-queries", type=int, default=30)
+    ap.add_argument("--k", type=int, default=None, help="K of the two-stage latency (default: the engine's)")
+    ap.add_argument("--nlist", type=int, default=1024)
+    ap.add_argument("--nprobe", type=int, default=32)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--frames", type=int, default=12)
+    ap.add_argument("--chunk", type=int, default=5000)
+    ap.add_argument("--encode-repeats", type=int, default=3)
+    ap.add_argument("--tmp", default=None, help="folder for the temporary bases file (default: the system's)")
+    ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--progress", action="store_true")
+    add_common_args(ap)
+    ap.add_argument("--scale-only", default=None, metavar="JSON",
+                    help="only recompute the scale model of an existing results file (no measurement)")
+    args = ap.parse_args(argv)
+    setup(args)
+    data_json = Path(__file__).resolve().parents[1] / "docs" / "results" / "bench_data.json"
+    if args.scale_only:
+        res = json.loads(Path(args.scale_only).read_text())
+        res["scale"] = scale_model(res, decode_cost(data_json))
+        Path(args.scale_only).write_text(json.dumps(res, indent=1) + "\n")
+        print(json.dumps(res["scale"], indent=1))
+        return 0
+    from gare.search.search import DEFAULT_RERANK_K
+
+    K = args.k or DEFAULT_RERANK_K
+    out = {"command": "python benchmarks/bench_search.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+           "load_average_start": list(os.getloadavg()), "threads": torch.get_num_threads(),
+           "model": f"random GARE scorer, D={args.dim}, F={args.frames}, psi 1 head 1 layer (generated features)",
+           "default_K": DEFAULT_RERANK_K}
+    c0 = time.process_time()
+    w0 = time.perf_counter()
+    scs = scorers(args.dim)
+    print(f"search benchmark on {out['machine']}", flush=True)
+    out["recall"] = recall_curves(args, scs)
+    for name, s in out["recall"]["setups"].items():
+        cur = s["recall_of_exact_top10"]
+        print(f"[{name}] recall of the exact top 10 at K={K}: mean vector {cur['mean_vector'].get(str(K))}, "
+              f"frame max {cur['frame_max'].get(str(K))}; bases {s['build_bases_s']['cpu_ms_per_video']:.2f} "
+              f"CPU ms/video; float16 top-10 agreement {s['float16_bases']['top10_agreement']:.3f}", flush=True)
+    out["two_stage"] = two_stage_latency(args, scs["random"], K)
+    ts = out["two_stage"]
+    print(f"two-stage over {ts['videos']} videos, K={K}: flat p50 {ts['flat']['p50_ms']:.1f} ms, "
+          f"ivf p50 {ts['ivf']['p50_ms']:.1f} ms (without the text encoder)", flush=True)
+    out["encode"] = encode_cost(args)
+    print(f"ViT-B/32 encode: {out['encode']['cpu_s_per_video']:.2f} CPU s per video", flush=True)
+    D, F = args.dim, args.frames
+    g16 = out["recall"]["setups"]["random"]["float16_bases"]
+    out["bytes_per_video"] = {"frames_float32": F * D * 4, "bases_float32": g16["bytes_per_video_float32"],
+                              "bases_float16": g16["bytes_per_video_float16"], "first_stage_vbar_float32": D * 4,
+                              "note": "bases include the frames (their tx rows) and vbar"}
+    out["scale"] = scale_model(out, decode_cost(data_json))
+    out["wall_s"], out["cpu_s"] = time.perf_counter() - w0, time.process_time() - c0
+    out["load_average_end"] = list(os.getloadavg())
+    print(f"total {out['wall_s']:.0f} s wall, {out['cpu_s']:.0f} s CPU", flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
