@@ -43,7 +43,8 @@ def _imports(mod: str, path: Path, modules: dict):
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
             if not base.startswith("gare"):
                 continue
             for a in node.names:
