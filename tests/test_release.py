@@ -59,6 +59,18 @@ def test_compat_release_resolves_the_whole_recipe(recipe):
     assert one.release.optimizer is False and one.release.param_groups is True
 
 
+def test_release_vs_default_grid_turns_on_what_each_row_says():
+    from gare.config import RELEASE_SWITCHES
+    from gare.experiments.grid import load_grid, resolve_run
+
+    grid = load_grid(os.path.join(REPO, "configs/experiments/release_vs_default.yaml"))
+    for v in grid.variants:
+        cfg = resolve_run(grid, v, grid.seeds[0])
+        on = {k for k in RELEASE_SWITCHES if getattr(cfg.release, k)}
+        expect = set(RELEASE_SWITCHES) if v.name == "release" else set() if v.name == "default" else {v.name}
+        assert on == expect, v.name
+
+
 # ------------------------------------------------------------------------------------------ optimizer
 def _hand_bertadam(p, g, m, v, lr, wd, s, T, w, b1=0.9, b2=0.98, e=1e-6):
     """One BertAdam step as the release writes it (in-place ops in p's dtype, no bias correction)."""
