@@ -104,6 +104,39 @@ def test_word_context_trains_validates_and_tests_from_the_cache_without_towers(s
     # the validation geometry of a word-context model includes the Delta-corrected measures
     assert len(val) == 2 and all(0.0 < r["geo_gap"] < 2.0 and "geo_gap_corrected" in r for r in val)
 
+    # `gare eval` of the run reads the same cache (the run config names it): the trainer's test numbers exactly,
+    # and QB-Norm's bank of training captions carries their word embeddings
+    from gare.evaluate.metrics import t2v_v2t_metrics as metrics
+    from gare.evaluate.postprocess import qb_norm
+    from gare.evaluate.run import evaluate_checkpoint
+    from gare.model.factory import load_model
+
+    out = tmp_path / "eval"
+    ev = evaluate_checkpoint(tmp_path / "run", qb_norm=True, out=out, device="cpu")
+    assert ev["features"] == str(caches["float16"]) and ev["t2v"] == res["test"]["t2v"]
+    model = load_model(tmp_path / "run" / "best.safetensors")
+    cache = FeatureCache(caches["float16"])
+    cfg = micro_cfg(shapes_dir, tmp_path / "run")
+    data = load_data(cfg)
+    bank_texts = sorted({c for _, c in data.splits["train"].train_pairs()})
+    rows = cache.text_rows(bank_texts, "bank")
+    enc = encode_split_cached(model, cache, data.splits["test"], words=True)
+    bank = model.similarity(cache.text[rows], enc.v, enc.mask, words=cache.words[rows],
+                            word_mask=cache.word_mask[rows], fast=False)
+    stored = torch.load(out / "qb_bank_test.pt")
+    torch.testing.assert_close(stored["bank"], bank, atol=1e-5, rtol=0)
+    S = model.similarity(enc.t, enc.v, enc.mask, words=enc.words, word_mask=enc.word_mask)
+    qb = ev["extra"]["QB-Norm (post-processing, not in the paper's numbers)"]["t2v"]
+    assert qb == pytest.approx(metrics(qb_norm(S, bank), enc.query_video)["t2v"], abs=1e-9)
+    # a bank stored for other weights is recomputed, not reused
+    torch.save({"key": {**stored["key"], "weights_sha256": "other"}, "bank": torch.zeros_like(bank)},
+               out / "qb_bank_test.pt")
+    evaluate_checkpoint(tmp_path / "run", qb_norm=True, out=out, device="cpu")
+    torch.testing.assert_close(torch.load(out / "qb_bank_test.pt")["bank"], stored["bank"], atol=0, rtol=0)
+    # without the cache the towers run (and are refused here): --features none
+    with pytest.raises(AssertionError, match="the towers ran"):
+        evaluate_checkpoint(tmp_path / "run", features="none", device="cpu")
+
 
 def test_stale_cache_refusals_name_the_difference_and_the_rebuild_command(shapes_dir, caches, tmp_path):
     import shutil

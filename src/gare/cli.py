@@ -31,7 +31,8 @@ def cmd_eval(a) -> int:
     from .evaluate.run import evaluate_checkpoint
 
     res = evaluate_checkpoint(a.checkpoint, split=a.split, config=a.config, overrides=a.overrides, dsl=a.dsl,
-                              qb_norm=a.qb_norm, two_stage_k=a.two_stage_k, out=a.out, device=a.device)
+                              qb_norm=a.qb_norm, two_stage_k=a.two_stage_k, out=a.out, device=a.device,
+                              features=a.features)
     print(res["markdown"])
     return 0
 
@@ -138,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--two-stage-k", type=int, default=None)
     e.add_argument("--out", default=None, help="folder for results.json and results.md")
     e.add_argument("--device", default="auto")
+    e.add_argument("--features", default="auto",
+                   help="feature cache to read the embeddings from instead of running the towers (default 'auto': "
+                        "the recipe's train.features when the file exists; 'none': always the towers)")
     e.add_argument("overrides", nargs="*")
     e.set_defaults(func=cmd_eval)
 
