@@ -10,16 +10,9 @@ Public API::
 """
 
 from .config import Config, ModelConfig, load_config
+from .evaluate.metrics import retrieval_metrics
 from .model import GareModel, load_model
 
 __version__ = "0.1.0"
-
-
-def retrieval_metrics(sim, gt=None, **kwargs):
-    """Text-to-video style retrieval metrics (see :func:`gare.evaluate.metrics.retrieval_metrics`)."""
-    from .evaluate.metrics import retrieval_metrics as _rm
-
-    return _rm(sim, gt, **kwargs)
-
 
 __all__ = ["Config", "ModelConfig", "load_config", "GareModel", "load_model", "retrieval_metrics", "__version__"]

@@ -5,9 +5,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import runpy
 import shlex
 import sys
 from pathlib import Path
+
+import yaml
+
+from .config import ConfigError, load_config
+from .data.commands import add_data_subcommands
+from .demo import run_demo
+from .evaluate.run import evaluate_checkpoint
+from .experiments import add_sweep_command
+from .model.convert import OFFICIAL_POOL_TEMPERATURE
+from .model.factory import load_model
+from .plots import plot_run
+from .search.commands import add_search_commands
+from .train.features import extract_features
+from .train.trainer import train
 
 log = logging.getLogger("gare")
 
@@ -18,9 +33,6 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def cmd_train(a) -> int:
-    from .config import load_config
-    from .train.trainer import train
-
     cfg = load_config(a.config, a.overrides)
     res = train(cfg)
     print(json.dumps({k: v for k, v in res.items()}, indent=2, default=str))
@@ -28,8 +40,6 @@ def cmd_train(a) -> int:
 
 
 def cmd_eval(a) -> int:
-    from .evaluate.run import evaluate_checkpoint
-
     res = evaluate_checkpoint(a.checkpoint, split=a.split, config=a.config, overrides=a.overrides, dsl=a.dsl,
                               qb_norm=a.qb_norm, two_stage_k=a.two_stage_k, out=a.out, device=a.device,
                               features=a.features)
@@ -38,8 +48,6 @@ def cmd_eval(a) -> int:
 
 
 def cmd_demo(a) -> int:
-    from .demo import run_demo
-
     seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else None
     run_demo(out=a.out, data_dir=a.data, steps=a.steps, videos=a.videos, quick=a.quick, seeds=seeds,
              seeded_steps=a.seeded_steps, jobs=a.jobs)
@@ -47,12 +55,6 @@ def cmd_demo(a) -> int:
 
 
 def cmd_convert(a) -> int:
-    import yaml
-
-    from .config import ConfigError
-    from .model.convert import OFFICIAL_POOL_TEMPERATURE
-    from .model.factory import load_model
-
     bad = [kv for kv in a.overrides if "=" not in kv]
     if bad:
         raise ConfigError(f"gare convert: override {bad[0]!r} must look like key=value (e.g. pool_temperature=3)")
@@ -77,9 +79,6 @@ def cmd_convert(a) -> int:
 
 
 def cmd_features(a) -> int:
-    from .config import load_config
-    from .train.features import extract_features
-
     cfg = load_config(a.config, a.overrides)
     command = " ".join(shlex.quote(x) for x in ["gare", "data", "features", a.config, *a.overrides, "--out", a.out]
                        + (["--dtype", a.dtype] if a.dtype != "float16" else []) + ([] if a.words else ["--no-words"]))
@@ -88,8 +87,6 @@ def cmd_features(a) -> int:
 
 
 def cmd_bench(a) -> int:
-    import runpy
-
     root = Path(__file__).resolve().parents[2] / "benchmarks"
     script = root / ("run_all.py" if a.name == "all" else f"bench_{a.name}.py")
     if not script.exists():
@@ -102,8 +99,6 @@ def cmd_bench(a) -> int:
 
 
 def cmd_plot(a) -> int:
-    from .plots import plot_run
-
     for p in plot_run(a.run_dir):
         print(p)
     return 0
@@ -159,12 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="dataset tools")
     dsub = data.add_subparsers(dest="data_command", required=True)
-    try:
-        from .data.commands import add_data_subcommands
-
-        add_data_subcommands(dsub)  # gare data synth / compress / cache
-    except ImportError as exc:  # pragma: no cover - the data layer is part of the package
-        log.debug("data commands unavailable: %s", exc)
+    add_data_subcommands(dsub)  # gare data synth / compress / cache
     f = dsub.add_parser("features", help="extract frozen CLIP features for cached-feature training")
     f.add_argument("config")
     f.add_argument("--out", required=True)
@@ -178,14 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("run_dir")
     pl.set_defaults(func=cmd_plot)
 
-    try:
-        from .search.commands import add_search_commands
-
-        add_search_commands(sub)
-    except ImportError as exc:
-        log.debug("search commands unavailable: %s", exc)
-    from .experiments import add_sweep_command
-
+    add_search_commands(sub)
     add_sweep_command(sub)
     b = sub.add_parser("bench", help="run the benchmarks under benchmarks/ (prints measured ratios)")
     b.add_argument("name", nargs="?", default="all",
@@ -199,8 +182,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     _setup_logging(a.verbose)
-    from .config import ConfigError
-
     try:
         return a.func(a) or 0
     except (ConfigError, FileNotFoundError) as e:

@@ -17,12 +17,17 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms.v2 import functional as TF
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +226,6 @@ def _sample_pyav(path, framerate, max_frames, start, end, threads) -> list[np.nd
 
 
 def _pyav_open(path):
-    import av
-
     try:
         return av.open(str(path), metadata_errors="ignore")
     except av.error.InvalidDataError as e:
@@ -250,8 +253,6 @@ def pyav_duration(container, stream) -> float | None:
 
 def _sample_pyav_open(container, path, framerate, max_frames, start, end, threads, allow_seek):
     """Sampled RGB frames, or None if a seek overshot the window start (caller retries without seeking)."""
-    import av
-
     if not container.streams.video:
         raise VideoDecodeError(path, "the file has no video stream", "no_video_stream")
     stream = container.streams.video[0]
@@ -306,8 +307,6 @@ def _sample_pyav_open(container, path, framerate, max_frames, start, end, thread
 
 
 def _pyav_demux_duration(path) -> float | None:
-    import av
-
     last = None
     with av.open(str(path)) as c:
         stream = c.streams.video[0]
@@ -347,7 +346,7 @@ def _avi_fourcc(path) -> str | None:
 
 # --------------------------------------------------------------------------------------------- OpenCV
 def _sample_opencv(path, framerate, max_frames, start, end) -> list[np.ndarray]:
-    import cv2
+    import cv2  # lazy on purpose: OpenCV is optional (only decoder="opencv" needs it)
 
     cap = cv2.VideoCapture(str(path))
     try:
@@ -402,7 +401,7 @@ def _sample_opencv(path, framerate, max_frames, start, end) -> list[np.ndarray]:
 # --------------------------------------------------------------------------------------------- decord
 def _sample_decord(path, framerate, max_frames, start, end) -> list[np.ndarray]:
     try:
-        import decord
+        import decord  # lazy on purpose: decord is optional (only decoder="decord" needs it)
     except ImportError as e:
         raise ImportError(
             "decoder='decord' needs the optional package decord (pip install decord); "
@@ -543,8 +542,6 @@ class FrameTransform:
         return y.round_().clamp_(0, 255).to(torch.uint8)
 
     def _randaugment(self, x: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms.v2 import functional as TF
-
         ops = ("identity", "brightness", "contrast", "sharpness", "rotate", "translate_x", "translate_y",
                "shear_x", "shear_y")
         m = self.magnitude
@@ -588,9 +585,6 @@ class ReleaseFrameTransform:
     """
 
     def __init__(self, size: int, train: bool = True, config: str = RELEASE_RANDAUGMENT):
-        from PIL import Image
-        from torchvision import transforms as T
-
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         self.size = int(size)
@@ -611,8 +605,6 @@ class ReleaseFrameTransform:
 
     def augment_clip(self, images: list, seed: int) -> list:
         """Apply one RandAugment draw (``seed``) to every PIL image of a clip."""
-        import random
-
         py_state, np_state = random.getstate(), np.random.get_state()
         try:
             out = []
@@ -626,8 +618,6 @@ class ReleaseFrameTransform:
             np.random.set_state(np_state)
 
     def __call__(self, frames) -> torch.Tensor:
-        from PIL import Image
-
         x = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected uint8 frames [F, H, W, 3], got {tuple(x.shape)} {x.dtype}")

@@ -18,6 +18,7 @@ from ..distributed import all_gather_nograd
 from ..model.fast_scorer import supports
 from ..model.gallery import VideoGallery
 from .metrics import t2v_v2t_metrics
+from .postprocess import dual_softmax, qb_norm
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +117,8 @@ def evaluate_encoded(model, enc: EncodedSplit, *, dsl: bool = False, qb_bank: Te
     res["n_queries"], res["n_videos"] = int(S.shape[0]), int(S.shape[1])
     extra = {}
     if dsl:
-        from .postprocess import dual_softmax
-
         extra["DSL (post-processing, not in the paper's numbers)"] = t2v_v2t_metrics(dual_softmax(S), enc.query_video)
     if qb_bank is not None:
-        from .postprocess import qb_norm
-
         extra["QB-Norm (post-processing, not in the paper's numbers)"] = {
             "t2v": t2v_v2t_metrics(qb_norm(S, qb_bank), enc.query_video)["t2v"]}
     if extra:

@@ -24,6 +24,7 @@ from ..config import Config, ConfigError, config_to_dict, resolve_compat
 from ..data.loader import collate
 from ..evaluate.geometry import split_geometry
 from ..evaluate.protocol import evaluate_encoded, needs_words
+from ..io import atomic_write
 from ..model.checkpoint import read_checkpoint
 from ..model.factory import load_model
 from ..model.gare import GareModel
@@ -186,8 +187,7 @@ class Trainer:
                      "schedule_steps": self.schedule_steps, "fp16_weights": self.fp16_weights,
                      "steps_per_epoch": self.steps_per_epoch, "torch": str(torch.__version__),
                      "amp": str(self.amp_dtype), "corrupted_captions": len(self.corrupted)}
-        with open(self.run_dir / "config.yaml", "w") as fh:
-            yaml.safe_dump(d, fh, sort_keys=False)
+        atomic_write(self.run_dir / "config.yaml", yaml.safe_dump(d, sort_keys=False))
 
     # -- one step -------------------------------------------------------------------------------------
     def _forward_loss(self, batch: dict):
@@ -376,8 +376,7 @@ class Trainer:
             best = load_model(best_path, device=self.device) if best_path.exists() else self.model
             results["test"] = self.evaluate("test", model=best)
             if self.dist.is_main:
-                with open(self.run_dir / "results.json", "w") as fh:
-                    json.dump(results, fh, indent=2)
+                atomic_write(self.run_dir / "results.json", json.dumps(results, indent=2))
         self._write_data_report()
         if self._tb is not None:
             self._tb.close()
@@ -390,8 +389,7 @@ class Trainer:
         rep = getattr(self.data.store, "report", None)
         if rep is not None and hasattr(rep, "to_dict"):
             report["frame_store"] = rep.to_dict()
-        with open(self.run_dir / "data_report.json", "w") as fh:
-            json.dump(report, fh, indent=2)
+        atomic_write(self.run_dir / "data_report.json", json.dumps(report, indent=2))
 
 
 def train(cfg: Config, **kw) -> dict:
