@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from gare.config import (
+    RECIPES_DIR,
     Config,
     ConfigError,
     ModelConfig,
@@ -13,6 +14,8 @@ from gare.config import (
     config_to_dict,
     load_config,
     merge_overrides,
+    packaged_recipes,
+    recipe_path,
     resolve_compat,
 )
 
@@ -222,6 +225,21 @@ def test_dict_round_trip():
     d = config_to_dict(cfg)
     assert d["train"]["betas"] == [0.8, 0.9]  # lists, YAML/JSON friendly
     assert config_from_dict(d) == cfg
+
+
+def test_packaged_recipe_loads_by_name_and_is_the_only_demo_recipe(tmp_path, monkeypatch):
+    assert "demo" in packaged_recipes()
+    packaged = RECIPES_DIR / "demo.yaml"
+    assert recipe_path("demo") == recipe_path("demo.yaml") == packaged
+    assert load_config("demo") == load_config(packaged) and load_config("demo").name == "demo"
+    assert not (REPO / "configs" / "demo.yaml").exists()  # one demo recipe: the package's
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()  # a folder of that name does not hide the recipe
+    assert recipe_path("demo") == packaged
+    _write(tmp_path / "demo.yaml", "name: local\n")  # a file the user names wins
+    assert load_config("demo.yaml").name == "local"
+    with pytest.raises(ConfigError, match=r"config file not found: dmeo \(packaged recipes, usable by name: .*demo"):
+        load_config("dmeo")
 
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))

@@ -99,7 +99,7 @@ def test_trainer_applies_train_threads(shapes_dir, tmp_path, monkeypatch):
     monkeypatch.delenv(ENV, raising=False)
     before = torch.get_num_threads()
     try:
-        cfg = load_config("configs/demo.yaml", [f"data.videos={shapes_dir}", "data.synthetic_videos=40",
+        cfg = load_config("demo", [f"data.videos={shapes_dir}", "data.synthetic_videos=40",
                                                 "data.synthetic_seed=3", "data.synthetic_options={}", MICRO_ARCH,
                                                 f"train.output_dir={tmp_path}", "train.threads=3",
                                                 "train.tensorboard=false", "data.max_frames=4"])

@@ -20,7 +20,7 @@ from gare.train.features import FeatureCache, encode_split_cached, extract_featu
 
 
 def micro_cfg(shapes_dir, out, *extra):
-    return load_config("configs/demo.yaml", [
+    return load_config("demo", [
         f"data.videos={shapes_dir}", "data.synthetic_videos=40", "data.synthetic_seed=3", f"train.output_dir={out}",
         "data.synthetic_options={}", MICRO_ARCH, "model.temporal.layers=1", "data.max_frames=4",
         "train.batch_size=8", "train.max_steps=4", "train.eval_every=2", "train.log_every=1",

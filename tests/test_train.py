@@ -15,7 +15,7 @@ from gare.train.optim import lr_factor
 
 
 def micro_cfg(shapes_dir, out, *extra):
-    return load_config("configs/demo.yaml", [
+    return load_config("demo", [
         f"data.videos={shapes_dir}", "data.synthetic_videos=40", "data.synthetic_seed=3", f"train.output_dir={out}",
         "data.synthetic_options={}",
         MICRO_ARCH, "model.temporal.layers=1", "data.max_frames=4", "train.batch_size=8", "train.max_steps=6",
@@ -120,11 +120,11 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(shapes_dir, 
 
 def test_bad_configs_name_the_key_or_path(tmp_path):
     with pytest.raises(ConfigError, match="unknown config key 'train.bach_size'.*did you mean 'train.batch_size'"):
-        load_config("configs/demo.yaml", ["train.bach_size=4"])
+        load_config("demo", ["train.bach_size=4"])
     with pytest.raises(ConfigError, match="'train.max_steps' must be an integer"):
-        load_config("configs/demo.yaml", ["train.max_steps=many"])
+        load_config("demo", ["train.max_steps=many"])
     with pytest.raises(ConfigError, match="model.scorer.pooling"):
-        load_config("configs/demo.yaml", ["model.scorer.pooling=max"])
+        load_config("demo", ["model.scorer.pooling=max"])
     from gare.train.trainer import Trainer
 
     cfg = load_config("configs/msrvtt.yaml", [f"data.annotations={tmp_path}/nowhere", "model.backbone.weights=null",

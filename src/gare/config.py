@@ -380,7 +380,7 @@ def recipe_path(name: str | Path) -> Path:
     """A recipe file: ``name`` itself when that file exists, else the packaged recipe of that name
     (``demo`` or ``demo.yaml`` -> the package's ``recipes/demo.yaml``)."""
     p = Path(name)
-    if p.exists():
+    if p.is_file():
         return p
     packaged = RECIPES_DIR / (p.name if p.suffix == ".yaml" else f"{p.name}.yaml")
     if len(p.parts) == 1 and packaged.is_file():

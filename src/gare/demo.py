@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .config import load_config
+from .config import RECIPES_DIR, load_config
 from .evaluate.protocol import metrics_table
 from .experiments import aggregate, collect, export_backbone, load_grid, run_grid, run_one, write_results
 from .io import atomic_write
@@ -43,7 +43,7 @@ from .train.trainer import train
 
 log = logging.getLogger(__name__)
 
-RECIPE = Path(__file__).resolve().parent / "recipes" / "demo.yaml"
+RECIPE = RECIPES_DIR / "demo.yaml"
 SEEDED_GRID = Path(__file__).resolve().parent / "recipes" / "demo-seeded.yaml"
 CONDITIONS = {"clean": ("gare_clean", "baseline_clean"), "noisy50": ("gare_noisy50", "baseline_noisy50")}
 QUICK = ["train.batch_size=16", "train.eval_every=10", "train.tensorboard=false", "data.synthetic_options={}",
