@@ -31,7 +31,8 @@ def _randomize(module: nn.Module, seed: int = 0, std: float = 0.3) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------
-# reference psi written from method.md section 3.3 with plain tensor ops, one pair at a time
+# reference psi written from the paper's psi block (docs/architecture.md, "psi, the increment module") with plain
+# tensor ops, one pair at a time
 # ---------------------------------------------------------------------------------------------
 def _ln(x, w, b, eps=1e-5):
     mu = x.mean(-1, keepdim=True)
@@ -208,7 +209,7 @@ def test_psi_layers_chain():
 
 
 def test_psi_single_head_hand_computed():
-    """Tiny example, D=4: the whole block written out from method.md with plain tensor ops."""
+    """Tiny example, D=4: the whole block written out from the paper with plain tensor ops."""
     D = 4
     psi = _randomize(IncrementModule(D, heads=1, layers=1, dropout=0.0).double().eval(), seed=11, std=0.5)
     g = _gen(12)

@@ -46,7 +46,7 @@ class TemporalConfig:
 
 @dataclass
 class PsiConfig:
-    """The increment module psi (method.md section 3)."""
+    """The increment module psi (docs/architecture.md, "psi, the increment module")."""
 
     heads: int = 1
     layers: int = 1
@@ -81,7 +81,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Weights of the objective terms (method.md section 4)."""
+    """Weights of the objective terms (docs/architecture.md, "The objective")."""
 
     beta: float = 1e-4
     ib_anchor: str = "video"  # "video" | "text"

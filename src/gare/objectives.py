@@ -1,4 +1,4 @@
-"""Training objectives of GARE (specification, section 4).
+"""Training objectives of GARE (docs/architecture.md, "The objective"; choices in docs/method-notes.md).
 
 All functions are pure and vectorized (no Python loop over batch items) and work in any float dtype.
 

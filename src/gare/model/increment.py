@@ -1,4 +1,4 @@
-"""psi: the gap-conditioned increment module (method.md section 3.3).
+"""psi: the gap-conditioned increment module (docs/architecture.md, "psi, the increment module").
 
 For every (text i, video j) pair, psi maps the gap query ``q_ij`` and a context (the frames of video
 j, or the words of text i) to an increment ``Delta_ij``::

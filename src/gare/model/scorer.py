@@ -1,4 +1,4 @@
-"""Pairwise GARE scoring (method.md section 3).
+"""Pairwise GARE scoring (docs/architecture.md, "The pairwise score").
 
 For texts ``t [B_t, D]`` and videos ``f [B_v, F, D]`` (temporal-module outputs, frame mask ``[B_v, F]``)::
 

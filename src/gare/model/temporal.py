@@ -1,9 +1,9 @@
 """Temporal module over frame embeddings: ``meanP`` (none) or ``seqTransf``.
 
-seqTransf (method.md section 2): ``f'_jk = f_jk + T(f_jk + P_k)`` where ``T`` is a stack of CLIP
-text-transformer blocks (pre-norm, QuickGELU for OpenAI weights) initialized from the first blocks
-of the CLIP text transformer and ``P`` from the first rows of its positional table. Padded frames are
-masked out of the attention (as keys).
+seqTransf (docs/architecture.md, "Encoders and the temporal module"): ``f'_jk = f_jk + T(f_jk + P_k)`` where
+``T`` is a stack of CLIP text-transformer blocks (pre-norm, QuickGELU for OpenAI weights) initialized from the
+first blocks of the CLIP text transformer and ``P`` from the first rows of its positional table. Padded frames
+are masked out of the attention (as keys).
 """
 
 from __future__ import annotations

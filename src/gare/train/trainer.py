@@ -1,4 +1,4 @@
-"""The training loop (method.md section 5): plain PyTorch, one code path for CPU, one GPU and torchrun.
+"""The training loop (docs/architecture.md, "Training"): plain PyTorch, one code path for CPU, one GPU and torchrun.
 
 Run directory: ``config.yaml`` (resolved), ``metrics.jsonl`` (every logged step: step, lr, loss and each
 objective term, throughput; every validation), TensorBoard events, ``last.safetensors`` + ``last_state.pt``
