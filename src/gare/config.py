@@ -236,30 +236,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+    if tp is int or tp is float:
+        return _number(value, tp, key)
     if tp is str:
         if isinstance(value, str):
             return value
@@ -278,6 +256,21 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
         return dict(value)
     return value
+
+
+def _number(value: Any, tp: type, key: str) -> int | float:
+    """``value`` as an int or a float (numbers, integral floats for ints, numeric strings; never a bool)."""
+    if not isinstance(value, bool):
+        if isinstance(value, int) or (tp is float and isinstance(value, float)):
+            return tp(value)
+        if tp is int and isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return tp(value)
+            except ValueError:
+                pass
+    raise ConfigError(f"config key '{key}' must be {'an integer' if tp is int else 'a number'}, got {value!r}")
 
 
 def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:

@@ -182,18 +182,17 @@ class FeatureCache:
         return features_fingerprint(self.path)
 
     def text_rows(self, texts: list[str], what: str) -> list[int]:
-        missing = [t for t in texts if t not in self.caption_row]
-        if missing:
-            raise ConfigError(f"{len(missing)} {what} are not in the feature cache {self.path} (e.g. "
-                              f"{missing[:3]}); it was made for other data: rebuild it with `gare data features`")
-        return [self.caption_row[t] for t in texts]
+        return self._rows(self.caption_row, texts, what)
 
     def video_rows(self, video_ids: list[str], what: str) -> list[int]:
-        missing = [v for v in video_ids if v not in self.video_row]
+        return self._rows(self.video_row, video_ids, what)
+
+    def _rows(self, row_of: dict[str, int], keys: list[str], what: str) -> list[int]:
+        missing = [k for k in keys if k not in row_of]
         if missing:
             raise ConfigError(f"{len(missing)} {what} are not in the feature cache {self.path} (e.g. "
                               f"{missing[:3]}); it was made for other data: rebuild it with `gare data features`")
-        return [self.video_row[v] for v in video_ids]
+        return [row_of[k] for k in keys]
 
 
 def features_fingerprint(path: str | Path) -> str:
