@@ -46,7 +46,9 @@ log = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 1000
 MAX_K = 100
-DEFAULT_RERANK_K = 256  # the paper's K (docs/performance.md section 2; first-stage recall curves in docs/scale.md)
+# K: the mean-vector first stage's top 1024 held 93% of the exact GARE top 10 at 10^5 generated videos (256: 75%);
+# docs/scale.md, benchmarks/bench_search.py
+DEFAULT_RERANK_K = 1024
 IVF_MIN_VIDEOS = 50_000  # "auto" switches from the exact flat index to IVF at this collection size
 _FORBIDDEN_CATEGORIES = {"Cc", "Cs", "Co", "Cn", "Zl", "Zp"}
 
