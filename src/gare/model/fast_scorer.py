@@ -760,11 +760,15 @@ def _score_block(plan: _Plan, g: VideoGallery, q: _Queries, ps: _TextStats, gath
         n_p = q.x.shape[1]
         G = torch.bmm(g.tx, q.x.reshape(n_v, n_p * k, D).transpose(1, 2))  # [n_v, F + 1, n_p * k]
         G = G.view(n_v, Fr + 1, n_p, k).permute(3, 0, 1, 2)  # [k, n_v, F + 1, n_p]
+        G = G.contiguous()  # [k, n_v, F + 1, n_p]
     else:
         n_p = q.x.shape[0]
-        G = q.x.reshape(n_p * k, D) @ g.tx.reshape(-1, D).T  # [n_p * k, n_v * (F + 1)] (faster than tx @ x' here)
-        G = G.view(n_p, k, n_v, Fr + 1).permute(1, 2, 3, 0)  # [k, n_v, F + 1, n_p]
-    G = G.contiguous()  # [k, n_v, F + 1, n_p]
+        if n_p * k < 16:  # a few queries: x @ tx' streams the rows faster than tx @ x'; the result is small
+            G = q.x.reshape(n_p * k, D) @ g.tx.reshape(-1, D).T  # [n_p * k, n_v * (F + 1)]
+            G = G.view(n_p, k, n_v, Fr + 1).permute(1, 2, 3, 0).contiguous()  # [k, n_v, F + 1, n_p]
+        else:
+            G = g.tx.reshape(-1, D) @ q.x.transpose(0, 1).reshape(k * n_p, D).T  # [n_v * (F + 1), k * n_p]
+            G = G.view(n_v, Fr + 1, k, n_p).permute(2, 0, 1, 3)  # [k, n_v, F + 1, n_p] (views)
     tv = G[0, :, Fr:]  # [n_v, 1, n_p] <t, vbar>
     if cfg.pooling == "text":
         tf = G[0, :, :Fr]  # [n_v, F, n_p] <t, f>
@@ -790,7 +794,7 @@ def _score_block(plan: _Plan, g: VideoGallery, q: _Queries, ps: _TextStats, gath
     if cfg.query == "gap":
         inv_q = _gap_inv_sigma(plan.ln1, plan.sign, ps.tt_c, g.vv_c.view(n_v, 1, 1), tv,
                                ps.mt, g.mv.view(n_v, 1, 1), D)  # [n_v, 1, n_p]
-        logits0 = ck + (plan.sign * inv_q) * (g.kv[:, :, None] - gk)  # [n_v, M, n_p]
+        logits0 = torch.addcmul(ck, plan.sign * inv_q, g.kv[:, :, None] - gk)  # [n_v, M, n_p]
     else:
         logits0 = torch.addcmul(ck, ps.inv_t, gk)  # [n_v, M, n_p]
     alpha, rho, zeta, dd, xp = _psi_coeffs(_gallery_layers(plan, g), logits0, D)  # xp [n_v, E, n_p]
