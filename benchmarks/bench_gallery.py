@@ -115,7 +115,7 @@ def rerank(model: GareModel, args) -> dict:
 
 def tile(g: VideoGallery, n: int) -> VideoGallery:
     reps = -(-n // len(g))
-    return VideoGallery.cat([g] * reps)[:n]._map(lambda x: x.contiguous())
+    return VideoGallery.cat([g] * reps)[:n].apply(lambda x: x.contiguous())
 
 
 def exhaustive(model: GareModel, args) -> dict:
@@ -138,7 +138,7 @@ def exhaustive(model: GareModel, args) -> dict:
     row_bytes = sum(getattr(g, n).nbytes for n in ROW_FIELDS if getattr(g, n) is not None)
 
     def read_all() -> float:
-        return float(sum(float(x.sum()) for x in g._tensors().values() if x.is_floating_point()))
+        return float(sum(float(x.sum()) for x in g.tensors().values() if x.is_floating_point()))
 
     model.similarity(t[:1], g[:1000])  # warm-up
     single = interleave({"query": lambda: model.similarity(t[:1], g), "read": read_all}, args.repeats_small)

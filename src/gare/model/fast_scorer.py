@@ -678,9 +678,9 @@ def build_gallery(scorer: PairScorer, f: Tensor, video_mask: Tensor | None = Non
         mj = video_mask[j:j + bo] if video_mask is not None else None  # [n, F]
         gb = _build_block(plan, f[j:j + bo].to(cdt), mj).rows_as(store)
         if out is None:  # allocate the whole gallery once, by the first block's shapes
-            out = gb._map(lambda x: x.new_empty((N, *x.shape[1:])))
-        dst = out._tensors()
-        for name, x in gb._tensors().items():
+            out = gb.apply(lambda x: x.new_empty((N, *x.shape[1:])))
+        dst = out.tensors()
+        for name, x in gb.tensors().items():
             dst[name][j:j + bo] = x
     return out
 
@@ -763,12 +763,9 @@ def _score_block(plan: _Plan, g: VideoGallery, q: _Queries, ps: _TextStats, gath
         G = G.contiguous()  # [k, n_v, F + 1, n_p]
     else:
         n_p = q.x.shape[0]
-        if n_p * k < 16:  # a few queries: x @ tx' streams the rows faster than tx @ x'; the result is small
-            G = q.x.reshape(n_p * k, D) @ g.tx.reshape(-1, D).T  # [n_p * k, n_v * (F + 1)]
-            G = G.view(n_p, k, n_v, Fr + 1).permute(1, 2, 3, 0).contiguous()  # [k, n_v, F + 1, n_p]
-        else:
-            G = g.tx.reshape(-1, D) @ q.x.transpose(0, 1).reshape(k * n_p, D).T  # [n_v * (F + 1), k * n_p]
-            G = G.view(n_v, Fr + 1, k, n_p).permute(2, 0, 1, 3)  # [k, n_v, F + 1, n_p] (views)
+        G = q.x.reshape(n_p * k, D) @ g.tx.reshape(-1, D).T  # [n_p * k, n_v * (F + 1)] (faster than tx @ x')
+        # contiguous per-pair slices: the elementwise passes that follow run faster on them than on views
+        G = G.view(n_p, k, n_v, Fr + 1).permute(1, 2, 3, 0).contiguous()  # [k, n_v, F + 1, n_p]
     tv = G[0, :, Fr:]  # [n_v, 1, n_p] <t, vbar>
     if cfg.pooling == "text":
         tf = G[0, :, :Fr]  # [n_v, F, n_p] <t, f>

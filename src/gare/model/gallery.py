@@ -81,10 +81,11 @@ class VideoGallery:
 
     def nbytes(self) -> int:
         """Bytes held by the tensors."""
-        return sum(t.numel() * t.element_size() for t in self._tensors().values())
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
     # -- tensor plumbing -----------------------------------------------------------------------------
-    def _tensors(self) -> dict[str, Tensor]:
+    def tensors(self) -> dict[str, Tensor]:
+        """Every tensor by name (list entries as ``stacks.0``, ``qkz.0``, ...), without copies."""
         out = {}
         for f in fields(self):
             val = getattr(self, f.name)
@@ -94,7 +95,7 @@ class VideoGallery:
                 out.update({f"{f.name}.{i}": x for i, x in enumerate(val)})
         return out
 
-    def _map(self, fn) -> VideoGallery:
+    def apply(self, fn) -> VideoGallery:
         """A gallery with ``fn`` applied to every tensor (the header is copied)."""
         kw = {}
         for f in fields(self):
@@ -116,12 +117,12 @@ class VideoGallery:
             if dtype is not None and x.is_floating_point():
                 return x.to(device=device, dtype=dtype)
             return x.to(device=device)
-        return self._map(move)
+        return self.apply(move)
 
     def rows_as(self, dtype: torch.dtype) -> VideoGallery:
         """The ``D``-sized rows (``tx``, ``k0``, ``v_last``: nearly all the bytes) cast to ``dtype``; the
         small per-video matrices and statistics stay as they are (Gram entries can exceed float16's range)."""
-        g = self._map(lambda x: x)
+        g = self.apply(lambda x: x)
         for name in ROW_FIELDS:
             x = getattr(g, name)
             if x is not None:
@@ -139,8 +140,8 @@ class VideoGallery:
             if idx.dtype == torch.bool:
                 idx = idx.nonzero().flatten()
             idx = idx.long()
-            return self._map(lambda x: x.index_select(0, idx))
-        return self._map(lambda x: x[idx])
+            return self.apply(lambda x: x.index_select(0, idx))
+        return self.apply(lambda x: x[idx])
 
     @staticmethod
     def cat(parts: list[VideoGallery]) -> VideoGallery:
@@ -168,7 +169,7 @@ class VideoGallery:
         return VideoGallery(**kw)
 
     def _with_full_mask(self) -> VideoGallery:
-        g = self._map(lambda x: x)
+        g = self.apply(lambda x: x)
         g.mask = torch.ones(len(self), self.frames, dtype=torch.bool, device=self.device)
         return g
 
@@ -176,7 +177,7 @@ class VideoGallery:
     def state_dict(self) -> dict[str, Tensor]:
         """Flat ``{name: tensor}`` (contiguous, the header as a uint8 JSON tensor under ``__meta__``):
         ``safetensors.torch.save_file(g.state_dict(), path)`` stores it."""
-        out = {k: v.contiguous() for k, v in self._tensors().items()}
+        out = {k: v.contiguous() for k, v in self.tensors().items()}
         out[_META_KEY] = torch.frombuffer(bytearray(json.dumps(self.meta, sort_keys=True).encode()),
                                           dtype=torch.uint8)
         return out
