@@ -2,7 +2,7 @@
 
     python benchmarks/bench_search.py [--videos 100000] [--queries 100] [--two-stage-videos 1000000]
                                       [--bases-store 20000] [--json docs/results/bench_search.json]
-    gare bench search -- --json docs/results/bench_search.json
+    gare bench search --json docs/results/bench_search.json
 
 Generated features (no trained model): a random small GARE scorer at ViT-B/32 sizes (D = 512, F = 12 frames,
 psi with 1 head and 1 layer) in two settings, ``init`` (psi at its initialization: small Delta, as at the

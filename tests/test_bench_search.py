@@ -1,5 +1,6 @@
-"""benchmarks/bench_search.py at a tiny size: the recall curves are consistent (monotone in K, complete at
-K = N, frame-level and mean-vector both measured) and the scale model follows from the measured figures."""
+"""benchmarks/bench_search.py at a tiny size: the recall curves are consistent (monotone in K, frame-level and
+mean-vector both measured) and the scale model follows from the measured figures; the docs quote the committed
+results file."""
 
 import json
 import sys
@@ -7,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # ~20 s of generated features, FAISS and a ViT-B/32 forward on 2 cores
-
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+@pytest.mark.slow  # ~20 s of generated features, FAISS and a ViT-B/32 forward on 2 cores
 def test_bench_search_tiny_run(tmp_path):
     sys.path.insert(0, str(BENCH))
     try:
@@ -42,3 +42,37 @@ def test_bench_search_tiny_run(tmp_path):
     assert tiers["1000000"]["disk_gb"]["bases_float32"] == pytest.approx(1e6 * b / 1e9)
     flat = {n: t["first_stage_ms"]["flat"] for n, t in tiers.items()}
     assert flat["100000000"] == pytest.approx(100 * flat["1000000"])  # a flat scan is linear in N
+
+
+def test_docs_quote_the_committed_results():
+    """docs/scale.md, docs/performance.md and docs/search.md quote docs/results/bench_search.json (fast)."""
+    root = Path(__file__).resolve().parents[1]
+    res = json.loads((root / "docs" / "results" / "bench_search.json").read_text())
+    scale = (root / "docs" / "scale.md").read_text()
+    perf = (root / "docs" / "performance.md").read_text()
+    search = (root / "docs" / "search.md").read_text()
+    from gare.search.search import DEFAULT_RERANK_K
+
+    ts = res["two_stage"]
+    assert ts["K"] == DEFAULT_RERANK_K == res["default_K"]
+    ivf, flat = ts["ivf"], ts["flat"]
+    for doc in (scale, perf, search):
+        assert f"{ivf['p50_ms']:.0f} ms" in doc and f"{flat['p50_ms']:,.0f}"[:3] in doc
+    assert f"**{ivf['cpu_p50_ms']:.0f} ms**" in scale and f"{ivf['rerank_cpu_p50_ms']:.0f} CPU ms" in perf
+    init = res["recall"]["setups"]["init"]["recall_of_exact_top10"]
+    rand = res["recall"]["setups"]["random"]["recall_of_exact_top10"]
+    for k in ("10", "64", "256", "512", "1024", "2048", "4096"):
+        row = [f"{init['mean_vector'][k]:.3f}", f"{init['frame_max'][k]:.3f}", f"{rand['mean_vector'][k]:.3f}",
+               f"{rand['frame_max'][k]:.3f}"]
+        k_cell = f"**{k}**" if int(k) == DEFAULT_RERANK_K else k
+        if int(k) == DEFAULT_RERANK_K:
+            row = [f"**{x}**" for x in row[:2]] + row[2:]
+        assert f"| {k_cell} | " + " | ".join(row) + " |" in scale, k
+    b = res["bytes_per_video"]
+    assert f"{b['bases_float32']:,.0f}" in scale and f"{b['bases_float16']:,.0f}" in scale
+    tiers = res["scale"]["tiers"]
+    assert "| queries per second per CPU core | " + " | ".join(
+        f"{tiers[n]['qps_per_core_ivf']:.0f}" for n in tiers) + " |" in scale
+    assert "| build, GPU-hours (decode-bound, 53 videos/s per GPU) | " + " | ".join(
+        f"{tiers[n]['build_gpu_hours']:.1f}" if tiers[n]["build_gpu_hours"] < 10 else
+        f"{tiers[n]['build_gpu_hours']:.0f}" for n in tiers) + " |" in scale
