@@ -53,15 +53,19 @@ def _weights(path):
     return t
 
 
-def test_kill_and_resume_equals_uninterrupted_run(shapes_dir, tmp_path):
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_kill_and_resume_equals_uninterrupted_run(shapes_dir, tmp_path, workers):
+    """Also with two loader worker processes (``data.workers=2``): the resumed batches, augmentations included,
+    are the uninterrupted run's."""
     from gare.train.trainer import Trainer
 
-    full = Trainer(micro_cfg(shapes_dir, tmp_path / "full"), show_progress=False)
+    w = f"data.workers={workers}"
+    full = Trainer(micro_cfg(shapes_dir, tmp_path / "full", w), show_progress=False)
     full.fit(final_test=False)
-    part = Trainer(micro_cfg(shapes_dir, tmp_path / "resumed"), show_progress=False)
+    part = Trainer(micro_cfg(shapes_dir, tmp_path / "resumed", w), show_progress=False)
     part.fit(final_test=False, stop_after=4)  # "killed" after 4 of 6 steps (last checkpoint at step 3)
     assert part.step == 4
-    again = Trainer(micro_cfg(shapes_dir, tmp_path / "resumed", "train.resume=true"), show_progress=False)
+    again = Trainer(micro_cfg(shapes_dir, tmp_path / "resumed", w, "train.resume=true"), show_progress=False)
     assert again.step == 3  # restarts from the last checkpoint written
     again.fit(final_test=False)
     a, b = _weights(tmp_path / "full" / "last.safetensors"), _weights(tmp_path / "resumed" / "last.safetensors")
