@@ -25,7 +25,8 @@ LOSS_TOL = 2e-3
 def _overrides(shapes_dir, out, towers, *extra) -> list[str]:
     return [f"data.videos={shapes_dir}", "data.synthetic_videos=40", "data.synthetic_seed=3",
             "data.synthetic_options={}", MICRO_ARCH, "model.temporal.layers=1", "data.max_frames=4",
-            "data.augment=false", "model.scorer.psi.dropout=0.0", f"model.backbone.weights={towers}", f"train.output_dir={out}",
+            "data.augment=false", "model.scorer.psi.dropout=0.0", f"model.backbone.weights={towers}",
+            f"train.output_dir={out}",
             "train.batch_size=8", "train.max_steps=6", "train.eval_every=3", "train.log_every=1",
             "train.tensorboard=false", "train.threads=1", *extra]
 
