@@ -20,7 +20,7 @@ from gare.search import SearchEngine, build_index
 from gare.search.search import DEFAULT_RERANK_K
 from gare.search.store import load_embeddings
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.demo]
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_MODEL = REPO / "runs" / "demo" / "gare" / "best.safetensors"
