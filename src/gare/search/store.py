@@ -61,54 +61,18 @@ STAGING_DIR = "staging"
 MERGED_ROWS_PER_SHARD = 4096
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
-SCHEMA = """
+# one video row (the index's `videos` and a build's `staged` table) and one damaged file
+_VIDEO_COLUMNS = ("size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, duration REAL, n_frames INTEGER NOT NULL, "
+                  "width INTEGER, height INTEGER, shard TEXT NOT NULL, row INTEGER NOT NULL, added REAL NOT NULL")
+_DAMAGED_COLUMNS = "size INTEGER, mtime_ns INTEGER, kind TEXT NOT NULL, reason TEXT NOT NULL, seen REAL NOT NULL"
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS videos (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    path TEXT NOT NULL UNIQUE,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    duration REAL,
-    n_frames INTEGER NOT NULL,
-    width INTEGER,
-    height INTEGER,
-    shard TEXT NOT NULL,
-    row INTEGER NOT NULL,
-    added REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS damaged (
-    path TEXT PRIMARY KEY,
-    size INTEGER,
-    mtime_ns INTEGER,
-    kind TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    seen REAL NOT NULL
-);
+CREATE TABLE IF NOT EXISTS videos (id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL UNIQUE, {_VIDEO_COLUMNS});
+CREATE TABLE IF NOT EXISTS damaged (path TEXT PRIMARY KEY, {_DAMAGED_COLUMNS});
 """
-
-
-STAGING_SCHEMA = """
-CREATE TABLE IF NOT EXISTS staged (
-    sid INTEGER PRIMARY KEY AUTOINCREMENT,
-    path TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    duration REAL,
-    n_frames INTEGER NOT NULL,
-    width INTEGER,
-    height INTEGER,
-    shard TEXT NOT NULL,
-    row INTEGER NOT NULL,
-    added REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS staged_damaged (
-    path TEXT NOT NULL,
-    size INTEGER,
-    mtime_ns INTEGER,
-    kind TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    seen REAL NOT NULL
-);
+STAGING_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS staged (sid INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL, {_VIDEO_COLUMNS});
+CREATE TABLE IF NOT EXISTS staged_damaged (path TEXT NOT NULL, {_DAMAGED_COLUMNS});
 """
 
 
