@@ -21,3 +21,20 @@ def test_frame_store_figures_are_those_of_bench_data():
     cell = (f"{_n(generated['ratio_wall'])}x / {_n(generated['ratio_cpu'])}x more frames per wall / CPU second "
             f"(real sample videos at 224 px, 1 fps x 12: {_n(real['ratio_wall'])}x / {_n(real['ratio_cpu'])}x)")
     assert cell in README, cell
+
+
+def test_thread_figures_in_performance_md_are_those_of_threads_json():
+    res = json.loads((RESULTS / "threads.json").read_text())
+    perf = (ROOT / "docs" / "performance.md").read_text()
+    assert res["command"].replace("python ", "") in perf.replace("\n", " ")
+    steps, queries = [], []
+    for c in res["conditions"]:
+        t, q = c["train_step_s"], c["search_query_ms"]
+        load = f"{c['load_start']:.1f}-{c['load_end']:.1f}"
+        row = (f"| {c['competitors']} | {load} | {t['2']:.1f} s | {t['1']:.1f} s | {q['2']:.0f} ms | {q['1']:.0f} ms |")
+        assert row in perf, row
+        assert c["policy_threads"] == 1 and c["before_default"]["threads"] == 2
+        steps.append(t["2"] / t["1"])
+        queries.append(q["2"] / q["1"])
+    assert (f"a training step {min(steps):.1f}-{max(steps):.1f}x and a query {min(queries):.1f}-{max(queries):.1f}x "
+            "slower") in perf.replace("\n", " ")
