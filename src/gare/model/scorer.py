@@ -87,8 +87,11 @@ def check_inputs(t: Tensor, f: Tensor, mask: Tensor | None) -> None:
 
 
 def _pair_cosine(a: Tensor, b: Tensor) -> Tensor:
-    """``cos(a, b)`` over the last axis (broadcast), through :func:`final_cosine`."""
-    return final_cosine((a * b).sum(-1), (a * a).sum(-1), (b * b).sum(-1))
+    """``cos(a, b)`` over the last axis (broadcast), written as the method states it: normalize, then
+    multiply. The reference keeps this direct form (training numerics are those of every earlier run);
+    the algebraic paths (fast scorer, gallery, diagnostics) share :func:`final_cosine`, which equals it
+    to rounding."""
+    return (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1)
 
 
 class PairScorer(nn.Module):
@@ -134,7 +137,7 @@ class PairScorer(nn.Module):
         """Reference scoring of every pair: ``t [B_t, D], f [B_v, F, D]`` -> :class:`ScoreOutput`."""
         vhat = self.pool(t, f, video_mask)
         if self.psi is None:
-            sim = _pair_cosine(t[:, None, :], vhat)  # [B_t, B_v]
+            sim = torch.einsum("td,tvd->tv", F.normalize(t, dim=-1), F.normalize(vhat, dim=-1))  # [B_t, B_v]
             return ScoreOutput(sim=sim, t=t, vhat=vhat)
         vbar = self.mean_frames(f, video_mask)
         q = self.query(t, vbar)
