@@ -21,6 +21,7 @@ from .model.convert import OFFICIAL_POOL_TEMPERATURE
 from .model.factory import load_model
 from .plots import plot_run
 from .search.commands import add_search_commands
+from .threads import apply_threads
 from .train.features import extract_features
 from .train.trainer import train
 
@@ -183,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     _setup_logging(a.verbose)
     try:
+        # torch threads from the free cores (gare.threads; GARE_THREADS overrides); training re-applies it
+        # with train.threads, the demo runs one-thread jobs
+        apply_threads(None)
         return a.func(a) or 0
     except (ConfigError, FileNotFoundError) as e:
         print(f"gare: error: {e}", file=sys.stderr)
