@@ -487,6 +487,16 @@ class StagedRow:
     added: float
 
 
+def _link_thumb(src: Path, dst: Path) -> None:
+    """``dst`` becomes the staged thumbnail ``src`` (already durable): a hard link, no copy and no fsync per
+    video; a copy where the file system has no hard links. The staged file stays until the merge commits."""
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        atomic_write(dst, src.read_bytes())
+
+
 def read_staged(out: Path) -> tuple[list[StagedRow], list[tuple]]:
     """Every staged video (``StagedRow``) and damaged file ``(path, size, mtime_ns, kind, reason, seen)``
     left in ``staging/`` by this build or by an interrupted one."""
@@ -544,7 +554,7 @@ def merge_staged(con: sqlite3.Connection, out: Path, keep: dict[str, tuple[int, 
                 ids.append(cur.lastrowid)
                 thumb = folder / THUMB_DIR / f"r{r.rank}-{r.sid}.jpg"
                 if thumb.is_file():
-                    write_thumb(out / THUMB_DIR, ids[-1], thumb.read_bytes())
+                    _link_thumb(thumb, out / THUMB_DIR / f"{ids[-1]}.jpg")
             picks: dict[str, list[tuple[int, int]]] = {}  # staged shard -> (row in it, position in this part)
             for j, r in enumerate(part):
                 picks.setdefault(r.shard, []).append((r.row, j))
