@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import MICRO_ARCH
-from gare.demo import pooled_std, run_demo, verdict
+from gare.demo import pooled_std, run_demo, summary_block, verdict
 from gare.threads import ENV, choose_threads
 
 
@@ -42,6 +42,8 @@ def test_reduced_demo_end_to_end(shapes_dir, tmp_path):
     assert d["seeded"]["verdict"] == verdict(d["seeded"])
     md = (out / "report.md").read_text()
     assert d["seeded"]["verdict"] in md and "| 50% corrupted |" in md and md.count("| GARE |") == 2
+    for piece in summary_block(d).split("\n\n"):  # what README quotes of a report is in the report
+        assert piece in md, piece
     for png in ("curves.png", "seeded.png"):
         assert (out / png).stat().st_size > 1000
     assert d["seconds"] > 0 and d["cpu_seconds"] > 0 and d["machine"]["jobs"] == 1

@@ -38,3 +38,16 @@ def test_thread_figures_in_performance_md_are_those_of_threads_json():
         queries.append(q["2"] / q["1"])
     assert (f"a training step {min(steps):.1f}-{max(steps):.1f}x and a query {min(queries):.1f}-{max(queries):.1f}x "
             "slower") in perf.replace("\n", " ")
+
+
+def test_readme_demo_figures_are_those_of_a_committed_demo_report():
+    """README quotes a real `make demo` report only through docs/results/demo.json (a copy of runs/demo/report.json):
+    with that file, README holds its summary block; without it, README shows no seeded-demo table."""
+    from gare.demo import summary_block
+
+    path = RESULTS / "demo.json"
+    if path.exists():
+        block = summary_block(json.loads(path.read_text()))
+        assert block in README, block
+    else:
+        assert "| training captions | GARE t2v R@1 |" not in README

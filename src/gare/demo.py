@@ -190,6 +190,27 @@ def seeded_table(seeded: dict) -> str:
     return "\n".join(lines)
 
 
+def end_to_end_table(report: dict) -> str:
+    """The end-to-end models' test metrics (markdown)."""
+    return metrics_table({"GARE": report["gare"], "baseline (no Delta)": report["baseline"]})
+
+
+def time_sentence(report: dict) -> str:
+    """Wall and CPU time, jobs, and the machine's load during the demo."""
+    m = report["machine"]
+    return (f"Wall time {report['seconds']:.0f} s ({report['seconds'] / 60:.1f} min), CPU time "
+            f"{report['cpu_seconds']:.0f} s; {m['jobs']} job(s) x {m['threads_per_job']} thread(s) on "
+            f"{m['cores_available']} core(s); 1-minute load average {m['load_before'][0]:.1f} before, "
+            f"{m['load_mean_during']:.1f} on average during the demo (which itself adds up to {m['jobs']}).")
+
+
+def summary_block(report: dict) -> str:
+    """What README.md quotes of a demo report (docs/results/demo.json): the verdict, the seeded table, the
+    end-to-end table and the time sentence; tests/test_readme_figures.py checks README holds exactly this."""
+    return "\n\n".join([report["seeded"]["verdict"], seeded_table(report["seeded"]), end_to_end_table(report),
+                        time_sentence(report)])
+
+
 def _cpu_seconds() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -263,7 +284,6 @@ def run_demo(out: str | Path = "runs/demo", data_dir: str = "data/shapes", *, st
     atomic_write(out / "report.json", json.dumps(report, indent=2) + "\n")
     plot_curves({"GARE": read_metrics(out / "gare"), "baseline": read_metrics(out / "baseline")}, out / "curves.png",
                 title="gare demo: GARE vs baseline, end to end")
-    m = report["machine"]
     md = (f"# gare demo: moving shapes, tiny CLIP trained from scratch on the CPU\n\n"
           f"## Seeded comparison\n\n{report['seeded']['verdict']}\n\n{seeded_table(seeded)}\n\n"
           f"Each run: the frozen CLIP towers of the end-to-end GARE model below, the temporal module (and psi for "
@@ -275,12 +295,7 @@ def run_demo(out: str | Path = "runs/demo", data_dir: str = "data/shapes", *, st
           f"(chance R@1 = {report['chance_R1']:.2f}%). Same seed and {report['gare']['steps']} steps for both; "
           f"checkpoint chosen on the validation split. The GARE model is the searchable one "
           f"(`gare index VIDEOS --model {out / 'gare'}`).\n\n"
-          f"{metrics_table({'GARE': report['gare'], 'baseline (no Delta)': report['baseline']})}\n\n"
-          f"![curves](curves.png)\n\n"
-          f"Wall time {report['seconds']:.0f} s ({report['seconds'] / 60:.1f} min), CPU time "
-          f"{report['cpu_seconds']:.0f} s; {m['jobs']} job(s) x {m['threads_per_job']} thread(s) on "
-          f"{m['cores_available']} core(s); 1-minute load average {m['load_before'][0]:.1f} before, "
-          f"{m['load_mean_during']:.1f} on average during the demo (which itself adds up to {m['jobs']}).\n")
+          f"{end_to_end_table(report)}\n\n![curves](curves.png)\n\n{time_sentence(report)}\n")
     atomic_write(out / "report.md", md)
     print(md)
     return report
