@@ -1,6 +1,6 @@
 """Three release-mode training steps of gare vs the official release's own code (docs/reproduce.md).
 
-    python scripts/compare_release.py /path/to/GARE-text-video-retrieval [--batch 4] [--out FILE]
+    python scripts/compare_release.py /path/to/GARE-text-video-retrieval [--batch 4] [--float64] [--out FILE]
 
 The release checkout is only imported from (its ``tvr.models``), never copied. Without an argument the script
 says so and exits 0. On the CPU both sides run in fp32 (the release turns fp16 on only with CUDA); dropout is
@@ -14,6 +14,18 @@ two videos with padded slots; lr 1e-4, CLIP x 1e-3, weight decay 0.2, BertAdam w
 same order: backward, global clip_grad_norm_(1.0), optimizer step, clamp logit_scale. Reported: the loss of
 each step on both sides, and per tensor the relative difference of the total update
 ``||d_gare - d_release|| / ||d_release||`` (CLIP tensors and the rest separately).
+
+``--float64`` runs both sides in float64, to take fp32 rounding out of the comparison (at initialization the
+full loss's fp32 gradient is itself far from the exact one: scripts/ib_fp32_conditioning.py). Both models are
+built and seeded exactly as in fp32, then cast with ``.double()`` (fp32 -> fp64 is exact, so both start from the
+same weights); the batch is cast to float64. The release's code casts to float32 in a few places
+(``.float()`` on its text and video features, ``x.type(torch.float32)`` in its LayerNorm, float32 constants
+such as ``torch.eye(N).float()``). Its code is not changed or copied: while its forward runs, a context manager
+(``_release_in_float64``) temporarily makes ``torch.Tensor.float`` and ``torch.Tensor.type(torch.float32)``
+return a float64 tensor unchanged (other dtypes convert as usual) and sets torch's default dtype to float64, and
+forward pre-hooks on every release module record the dtype of each floating input. The script asserts that all
+release parameters, every floating module input and the loss are float64 (and the same for gare's side), so no
+float32 computation is left on either side.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ import math
 import sys
 import time
 import types
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -59,6 +72,43 @@ def _batch(B: int, F: int = 12, L: int = 32, seed: int = 1):
     return ids, text_mask, frames, mask
 
 
+@contextmanager
+def _release_in_float64(model: nn.Module):
+    """While active: ``Tensor.float()`` and ``Tensor.type(torch.float32)`` leave float64 tensors as they are,
+    the default dtype is float64, and the dtypes of all floating inputs of ``model``'s modules are collected
+    (yielded set). Restores everything on exit."""
+    orig_float, orig_type = torch.Tensor.float, torch.Tensor.type
+    orig_default = torch.get_default_dtype()
+    seen: set = set()
+
+    def keep_float(self, *args, **kwargs):
+        if self.dtype == torch.float64 and not args and not kwargs:
+            return self
+        return orig_float(self, *args, **kwargs)
+
+    def keep_type(self, *args, **kwargs):
+        target = args[0] if args else kwargs.get("dtype")
+        if self.dtype == torch.float64 and target in (torch.float32, "torch.FloatTensor"):
+            return self
+        return orig_type(self, *args, **kwargs)
+
+    def record(_mod, inputs):
+        for x in inputs:
+            if torch.is_tensor(x) and x.is_floating_point():
+                seen.add(x.dtype)
+
+    handles = [m.register_forward_pre_hook(record) for m in model.modules()]
+    torch.Tensor.float, torch.Tensor.type = keep_float, keep_type
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield seen
+    finally:
+        torch.Tensor.float, torch.Tensor.type = orig_float, orig_type
+        torch.set_default_dtype(orig_default)
+        for h in handles:
+            h.remove()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("release", nargs="?", help="path of a checkout of github.com/musicman217/GARE-text-video-retrieval")
@@ -66,6 +116,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--schedule-steps", type=int, default=10, help="T of the release's schedule (warm-up 0.1 T)")
     ap.add_argument("--beta", type=float, default=1e-4, help="IB weight on both sides (0 isolates the IB term)")
+    ap.add_argument("--float64", action="store_true",
+                    help="run both sides in float64 (the release's float32 casts neutralized at run time)")
     ap.add_argument("--out", default=None, help="write the numbers as JSON here")
     a = ap.parse_args()
     if not a.release:
@@ -108,6 +160,13 @@ def main() -> int:
     ours = gare.load_model(ckpt, dropout=0.0)
     ckpt.unlink()
     assert ours.cfg.compat == "release"
+    dtype = torch.float64 if a.float64 else torch.float32
+    if a.float64:  # after the fp32 construction, so that both start from the same (exactly cast) weights
+        rel.double()
+        ours.double()
+    for name, model in (("release", rel), ("gare", ours)):
+        bad = sorted({str(p.dtype) for p in model.parameters()} - {str(dtype)})
+        assert not bad, f"{name} model has parameters of dtype {bad}, expected {dtype}"
 
     lr, coef, wd, warm, T = 1e-4, 1e-3, 0.2, 0.1, a.schedule_steps
     # the release's optimizer and groups, built as its main_retrieval.prep_optimizer does
@@ -128,13 +187,20 @@ def main() -> int:
     assert sched is None
 
     ids, text_mask, frames, mask = _batch(a.batch)
+    frames = frames.to(dtype)
     idx = torch.arange(a.batch)
     rel_start = {n: p.detach().clone() for n, p in rel.named_parameters()}
     our_start = {n: p.detach().clone() for n, p in ours.named_parameters()}
     losses = []
     for step in range(a.steps):
         rel.train()
-        loss_r, _, _ = rel(ids, text_mask, frames, mask, idx, step + 1, None)
+        if a.float64:
+            with _release_in_float64(rel) as seen:
+                loss_r, _, _ = rel(ids, text_mask, frames, mask, idx, step + 1, None)
+            assert seen == {torch.float64}, f"release forward saw floating inputs of dtypes {seen}"
+        else:
+            loss_r, _, _ = rel(ids, text_mask, frames, mask, idx, step + 1, None)
+        assert loss_r.dtype == dtype, f"release loss is {loss_r.dtype}, expected {dtype}"
         loss_r.backward()
         torch.nn.utils.clip_grad_norm_(rel.parameters(), 1.0)
         opt_rel.step()
@@ -144,6 +210,7 @@ def main() -> int:
         ours.train()
         out = ours(ids=ids, frames=frames, mask=mask.bool())
         loss_o, _ = gare_loss(out.sim, out.delta, ours.logit_scale, cfg.loss)
+        assert loss_o.dtype == dtype, f"gare loss is {loss_o.dtype}, expected {dtype}"
         opt_ours.zero_grad(set_to_none=True)
         loss_o.backward()
         torch.nn.utils.clip_grad_norm_([p for p in ours.parameters() if p.requires_grad], 1.0)
@@ -183,7 +250,7 @@ def main() -> int:
                "unmoved_both": sorted(k for k, v in per_tensor.items()
                                       if v["release_update_norm"] == 0 and v["gare_update_norm"] == 0),
                "batch": a.batch, "steps": a.steps, "schedule_T": T, "seconds": time.perf_counter() - t0,
-               "torch": torch.__version__, "device": "cpu", "dtype": "fp32", "dropout": 0.0}
+               "torch": torch.__version__, "device": "cpu", "dtype": "fp64" if a.float64 else "fp32", "dropout": 0.0}
     print(f"max loss diff {summary['max_loss_diff']:.2e}; CLIP tensors: worst update rel diff {wc[1]:.2e} "
           f"({wc[0]}, {wc[2]}/{wc[3]} moved); other tensors: worst {wr[1]:.2e} ({wr[0]}, {wr[2]}/{wr[3]} moved); "
           f"{summary['seconds']:.0f} s")
