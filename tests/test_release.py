@@ -460,3 +460,30 @@ def test_release_randaugment_one_draw_per_clip_and_seeded():
     np.random.seed(11)
     tr(clip)
     assert (random.random(), np.random.rand()) == a
+
+
+def test_release_temporal_layernorm_epsilon_is_the_releases_1e_12():
+    """The release's temporal module normalizes with a TF-style LayerNorm, epsilon 1e-12; CLIP's (the default)
+    is 1e-5. Checked against the formula on low-variance inputs, where the two epsilons differ."""
+    g = torch.Generator().manual_seed(3)
+    x = 1e-3 * torch.randn(5, 16, generator=g, dtype=torch.float64)  # variance ~1e-6: eps 1e-5 matters
+
+    def tf_layernorm(x, w, b, eps):
+        u = x.mean(-1, keepdim=True)
+        s = (x - u).pow(2).mean(-1, keepdim=True)
+        return w * (x - u) / torch.sqrt(s + eps) + b
+
+    for compat, eps in (("release", 1e-12), ("none", 1e-5)):
+        model = _micro(compat=compat).double()
+        lns = [m for m in model.temporal.modules() if isinstance(m, torch.nn.LayerNorm)]
+        assert len(lns) == 2 * len(model.temporal.transformer.resblocks)
+        for ln in lns:
+            with torch.no_grad():
+                ln.weight.normal_(generator=g)
+                ln.bias.normal_(generator=g)
+                ref = tf_layernorm(x, ln.weight, ln.bias, eps)
+                torch.testing.assert_close(ln(x), ref, rtol=0, atol=1e-9)
+                other = tf_layernorm(x, ln.weight, ln.bias, 1e-5 if eps == 1e-12 else 1e-12)
+                assert float((ln(x) - other).abs().max()) > 1e-2
+        # the CLIP towers keep CLIP's epsilon in both modes
+        assert {m.eps for m in model.backbone.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-5}

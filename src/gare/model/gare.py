@@ -19,7 +19,7 @@ from .checkpoint import write_checkpoint
 from .fast_scorer import build_gallery, fast_similarity, gallery_similarity, supports
 from .gallery import VideoGallery
 from .scorer import PairScorer, ScoreOutput, check_inputs
-from .temporal import build_temporal
+from .temporal import CLIP_LN_EPS, RELEASE_LN_EPS, build_temporal
 from .two_stage import two_stage_similarity
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,10 @@ class GareModel(nn.Module):
         cfg.backbone.arch_cfg = backbone.arch_cfg
         D = backbone.embed_dim
         text_heads = backbone.arch_cfg["text_cfg"].get("heads", max(1, D // 64))
+        # release mode: the release's temporal LayerNorms have epsilon 1e-12 (gare.model.temporal)
         self.temporal = build_temporal(cfg.temporal.kind, D, cfg.temporal.layers, text_heads,
-                                       backbone.context_length, b.quick_gelu)
+                                       backbone.context_length, b.quick_gelu,
+                                       RELEASE_LN_EPS if cfg.compat == "release" else CLIP_LN_EPS)
         if self.temporal is not None and cfg.temporal.init_from_text:
             try:
                 self.temporal.init_from_text(backbone.clip)

@@ -4,6 +4,11 @@ seqTransf (docs/architecture.md, "Encoders and the temporal module"): ``f'_jk = 
 ``T`` is a stack of CLIP text-transformer blocks (pre-norm, QuickGELU for OpenAI weights) initialized from the
 first blocks of the CLIP text transformer and ``P`` from the first rows of its positional table. Padded frames
 are masked out of the attention (as keys).
+
+LayerNorm epsilon: 1e-5 (CLIP's, the blocks it is initialized from) by default; the official release's temporal
+module uses a TF-style LayerNorm with epsilon 1e-12 (same formula, epsilon inside the square root), so release
+mode (``compat: release``) builds it with ``ln_eps=RELEASE_LN_EPS``. The difference is ~1e-6 relative on the
+video features of a random ViT-B/32 (docs/reproduce.md, float64 comparison with the release).
 """
 
 from __future__ import annotations
@@ -12,16 +17,24 @@ import torch
 from open_clip.transformer import QuickGELU, Transformer
 from torch import Tensor, nn
 
+#: epsilon of the release's temporal-module LayerNorms (its TF-style LayerNorm default)
+RELEASE_LN_EPS = 1e-12
+CLIP_LN_EPS = 1e-5
+
 
 class SeqTransf(nn.Module):
     """``f [N, F, D], mask [N, F] -> [N, F, D]``."""
 
-    def __init__(self, width: int, layers: int = 4, heads: int = 8, positions: int = 77, quick_gelu: bool = True):
+    def __init__(self, width: int, layers: int = 4, heads: int = 8, positions: int = 77, quick_gelu: bool = True,
+                 ln_eps: float = CLIP_LN_EPS):
         super().__init__()
         self.heads = heads
         self.frame_position_embeddings = nn.Embedding(positions, width)
         act = QuickGELU if quick_gelu else nn.GELU
         self.transformer = Transformer(width, layers, heads, act_layer=act)
+        for m in self.transformer.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.eps = float(ln_eps)
         nn.init.normal_(self.frame_position_embeddings.weight, std=0.01)
 
     def init_from_text(self, clip: nn.Module) -> None:
@@ -52,9 +65,9 @@ class SeqTransf(nn.Module):
 
 
 def build_temporal(kind: str, width: int, layers: int, heads: int, positions: int,
-                   quick_gelu: bool) -> nn.Module | None:
+                   quick_gelu: bool, ln_eps: float = CLIP_LN_EPS) -> nn.Module | None:
     if kind == "meanP":
         return None
     if kind == "seqTransf":
-        return SeqTransf(width, layers, heads, positions, quick_gelu)
+        return SeqTransf(width, layers, heads, positions, quick_gelu, ln_eps)
     raise ValueError(f"unknown temporal module '{kind}' (use 'seqTransf' or 'meanP')")
