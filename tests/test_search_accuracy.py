@@ -62,7 +62,8 @@ def search_run(trained, tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("test-videos")
     for r in test:  # the test split only, as links to the dataset's files
         (folder / Path(r["video"]).name).symlink_to((data / r["video"]).resolve())
-    rep = build_index(folder, ckpt, tmp_path_factory.mktemp("acc") / "index", workers=2)
+    # the folder holds links to the dataset's files, which gare index follows only when asked
+    rep = build_index(folder, ckpt, tmp_path_factory.mktemp("acc") / "index", workers=2, follow_symlinks=True)
     engine = SearchEngine.open(rep.index_dir)
     captions = [(c, Path(r["video"]).name) for r in test for c in r["captions"]]
     ids, f, m, mean = load_embeddings(rep.index_dir)
