@@ -51,3 +51,15 @@ def test_readme_demo_figures_are_those_of_a_committed_demo_report():
         assert block in README, block
     else:
         assert "| training captions | GARE t2v R@1 |" not in README
+
+
+def test_search_accuracy_figures_in_docs_are_those_of_the_results_file():
+    res = json.loads((RESULTS / "search_accuracy.json").read_text())
+    doc = " ".join((ROOT / "docs" / "search.md").read_text().split())
+    assert res["command"] in doc
+    assert (f"{res['n_captions']} captions, {res['n_videos']} videos, top-5 {res['top5_percent']:.1f}% "
+            f"({res['top5']} captions;") in doc
+    assert (f"exhaustive for {res['two_stage_equal_exhaustive']}/{res['n_captions']} at K={res['two_stage_k']}; "
+            f"the first stage's top {res['k_needed_max']} held every caption's GARE top 10 "
+            f"(median {res['k_needed_median']})") in doc
+    assert res["top5_percent"] >= 80.0 and res["two_stage_equal_exhaustive"] == res["n_captions"]

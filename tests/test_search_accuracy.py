@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from gare.io import atomic_write
 from gare.search import SearchEngine, build_index
 from gare.search.search import DEFAULT_RERANK_K
 from gare.search.store import load_embeddings
@@ -89,6 +90,15 @@ def search_run(trained, tmp_path_factory) -> dict:
           f"top-5 {100 * out['rate']:.1f}%; two-stage (K={DEFAULT_RERANK_K}) top-10 equal to exhaustive for "
           f"{agree}/{out['n_captions']}; the first stage's top {max(k_needed)} hold every caption's GARE top 10 "
           f"(median caption needs K={int(np.median(k_needed))}); {out['ms_per_query']:.1f} ms per query")
+    record = os.environ.get("GARE_SEARCH_RESULTS")  # e.g. docs/results/search_accuracy.json (docs/search.md)
+    if record:
+        atomic_write(record, json.dumps({
+            "command": f"GARE_SEARCH_RESULTS={record} pytest -m demo tests/test_search_accuracy.py",
+            "checkpoint": origin, "n_captions": out["n_captions"], "n_videos": out["n_videos"], "top5": top5,
+            "top5_percent": round(100 * out["rate"], 1), "two_stage_k": DEFAULT_RERANK_K,
+            "two_stage_equal_exhaustive": agree, "k_needed_max": max(k_needed),
+            "k_needed_median": int(np.median(k_needed)), "ms_per_query": round(out["ms_per_query"], 1)},
+            indent=2) + "\n")
     return out
 
 
