@@ -63,3 +63,24 @@ def test_search_accuracy_figures_in_docs_are_those_of_the_results_file():
             f"the first stage's top {res['k_needed_max']} held every caption's GARE top 10 "
             f"(median {res['k_needed_median']})") in doc
     assert res["top5_percent"] >= 80.0 and res["two_stage_equal_exhaustive"] == res["n_captions"]
+
+
+def test_performance_figures_are_those_of_bench_gallery_and_bench_search():
+    g = json.loads((RESULTS / "bench_gallery.json").read_text())
+    b = json.loads((RESULTS / "bench_search.json").read_text())
+    fm = {r["heads"]: r for r in g["full_matrix"]}
+    k = b["default_K"]
+    ex = g["exhaustive"]
+    cells = [
+        f"{g['rerank']['speedup_gallery_cpu']:.1f}x less CPU time than scoring the raw frames "
+        f"(max abs difference {g['rerank']['max_abs_diff']:.1e})",
+        f"{ex['batch_per_query_ms']['cpu']:.0f} ms CPU per query; one query {ex['single_query_ms']['cpu']:.0f} ms CPU "
+        f"next to {ex['read_gallery_ms']['cpu']:.0f} ms to just read the bases",
+        f"{fm[1]['speedup_cpu']:.1f}x / {fm[8]['speedup_cpu']:.1f}x less CPU time, max abs difference "
+        f"{max(fm[1]['max_abs_diff'], fm[8]['max_abs_diff']):.1e}",
+        f"K = {k} (`gare bench search`",
+        f"| {b['recall']['setups']['init']['recall_of_exact_top10']['mean_vector'][str(k)]:.3f} (psi at initialization",
+        f"p50 {b['two_stage']['ivf']['cpu_p50_ms']:.0f} ms CPU ({b['two_stage']['ivf']['p50_ms']:.0f} ms wall",
+    ]
+    for cell in cells:
+        assert cell in README, cell
