@@ -92,3 +92,22 @@ def table(rows: list[tuple], header: tuple) -> str:
 
 def mib(x: float) -> str:
     return f"{x / 2**20:.0f} MiB"
+
+
+SOT, EOT = 49406, 49407  # CLIP's start and end-of-text token ids
+
+
+def random_batch(image_size: int, B: int, Fr: int, L: int, seed: int, *, pad_first: bool = False):
+    """A seeded training batch: token ids ``[B, L]`` (start, random ids, end-of-text, zero padding), frames
+    ``[B, Fr, 3, S, S]`` and a frame mask ``[B, Fr]`` (``pad_first``: the first video's second half padded)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 40000, (B, L), generator=g)
+    ids[:, 0] = SOT
+    lengths = torch.randint(4, L, (B,), generator=g)
+    ids[torch.arange(B), lengths] = EOT
+    ids[torch.arange(L)[None, :] > lengths[:, None]] = 0
+    frames = torch.randn(B, Fr, 3, image_size, image_size, generator=g)
+    mask = torch.ones(B, Fr, dtype=torch.bool)
+    if pad_first:
+        mask[0, Fr // 2:] = False
+    return ids, frames, mask

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, med  # noqa: E402
+from _common import machine, med, random_batch  # noqa: E402
 from gare.config import load_config  # noqa: E402
 from gare.io import atomic_write  # noqa: E402
 from gare.model.gare import GareModel  # noqa: E402
@@ -34,20 +34,6 @@ from gare.objectives import gare_loss  # noqa: E402
 from gare.threads import available_cores, choose_threads  # noqa: E402
 
 RECIPE = Path(__file__).resolve().parents[1] / "src" / "gare" / "recipes" / "demo.yaml"
-SOT, EOT = 49406, 49407
-
-
-def random_batch(model: GareModel, B: int, Fr: int, L: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, 40000, (B, L), generator=g)
-    ids[:, 0] = SOT
-    lengths = torch.randint(4, L, (B,), generator=g)
-    ids[torch.arange(B), lengths] = EOT
-    ids[torch.arange(L)[None, :] > lengths[:, None]] = 0
-    frames = torch.randn(B, Fr, 3, model.image_size, model.image_size, generator=g)
-    return ids, frames, torch.ones(B, Fr, dtype=torch.bool)
-
-
 def start_competitors(n: int) -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
 
@@ -74,7 +60,8 @@ def main() -> None:
     torch.manual_seed(0)
     model = GareModel(cfg.model).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    ids, frames, mask = random_batch(model, cfg.train.batch_size, cfg.data.max_frames, cfg.model.backbone.max_words, 0)
+    ids, frames, mask = random_batch(model.image_size, cfg.train.batch_size, cfg.data.max_frames,
+                                     cfg.model.backbone.max_words, 0)
     K = 256
     with torch.no_grad():
         cand = model.encode_frames(torch.randn(K, cfg.data.max_frames, 3, model.image_size, model.image_size),

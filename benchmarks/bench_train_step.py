@@ -29,26 +29,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_args, machine, med, setup, table, timed  # noqa: E402
+from _common import add_common_args, machine, med, random_batch, setup, table, timed  # noqa: E402
 from gare.config import BackboneConfig, ModelConfig, TemporalConfig  # noqa: E402
 from gare.model.gare import GareModel  # noqa: E402
 from gare.objectives import gare_loss  # noqa: E402
-
-SOT, EOT = 49406, 49407
-
-
-def batch(model: GareModel, B: int, Fr: int, L: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, 40000, (B, L), generator=g)
-    ids[:, 0] = SOT
-    lengths = torch.randint(4, L, (B,), generator=g)
-    ids[torch.arange(B), lengths] = EOT
-    ids[torch.arange(L)[None, :] > lengths[:, None]] = 0
-    size = model.image_size
-    frames = torch.randn(B, Fr, 3, size, size, generator=g)
-    mask = torch.ones(B, Fr, dtype=torch.bool)
-    mask[0, Fr // 2:] = False  # one video with padded frames
-    return ids, frames, mask
 
 
 def _fwd_bwd(fn, inputs_fn, seed: int):
@@ -104,7 +88,7 @@ def run_config(name: str, B: int, Fr: int, L: int, repeats: int, seed: int, scor
     model = GareModel(ModelConfig(backbone=BackboneConfig(arch=name, max_words=L),
                                   temporal=TemporalConfig(layers=layers))).train()
     n_par = sum(p.numel() for p in model.parameters())
-    ids, frames, mask = batch(model, B, Fr, L, seed)
+    ids, frames, mask = random_batch(model.image_size, B, Fr, L, seed, pad_first=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
     print(f"\n{name}: D={model.embed_dim}, {n_par / 1e6:.1f}M parameters, image {model.image_size}px; batch {B} "
           f"videos x {Fr} frames, {L} tokens; temporal layers {layers}")

@@ -8,6 +8,18 @@ import math
 from pathlib import Path
 
 
+def _finish(fig, out: str | Path, title: str | None, *, dpi: int, bottom: float = 0.0) -> Path:
+    """Title, layout (leaving ``bottom`` of the height for a figure legend), save to ``out``, close."""
+    import matplotlib.pyplot as plt  # lazy: matplotlib is needed only when a figure is drawn
+
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    out = Path(out)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     p = Path(run_dir) / "metrics.jsonl"
     if not p.exists():
@@ -36,13 +48,7 @@ def plot_curves(runs: dict[str, list[dict]], out: str | Path, title: str = "") -
         ax.set_xlabel("step")
         ax.legend()
         ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _finish(fig, out, title, dpi=100)
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
@@ -129,12 +135,7 @@ def plot_metric_by_series(rows: list[dict], spec: dict, title: str, out: str | P
         ax.set_ylabel(metric.replace("_", " "))
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _finish(fig, out, title, dpi=110)
 
 
 def plot_mean_curves(run_dirs: dict[str, list[Path]], keys: list[str], title: str, out: str | Path,
@@ -188,9 +189,4 @@ def plot_mean_curves(run_dirs: dict[str, list[Path]], keys: list[str], title: st
     for ax in list(axes.flat)[len(present):]:
         ax.axis("off")
     fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(6, len(handles)), fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _finish(fig, out, title, dpi=110, bottom=0.05)
