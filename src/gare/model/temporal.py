@@ -7,8 +7,8 @@ are masked out of the attention (as keys).
 
 LayerNorm epsilon: 1e-5 (CLIP's, the blocks it is initialized from) by default; the official release's temporal
 module uses a TF-style LayerNorm with epsilon 1e-12 (same formula, epsilon inside the square root), so release
-mode (``compat: release``) builds it with ``ln_eps=RELEASE_LN_EPS``. The difference is ~1e-6 relative on the
-video features of a random ViT-B/32 (docs/reproduce.md, float64 comparison with the release).
+mode (``compat: release``) builds it with ``ln_eps=RELEASE_LN_EPS`` (found by the float64 comparison with the
+release's code, docs/reproduce.md).
 """
 
 from __future__ import annotations
