@@ -8,6 +8,8 @@ Ctrl-C, the temporary file is gone and the old file is untouched.
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.context
 import os
 import uuid
 from collections.abc import Callable
@@ -72,3 +74,12 @@ def atomic_write(path: str | Path, content: Content, *, encoding: str = "utf-8")
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def worker_pool_context() -> multiprocessing.context.BaseContext:
+    """The start method of the project's worker pools (frame store, generator, compress): ``forkserver`` where
+    the platform has it, else ``spawn``. Never a plain ``fork`` of the caller: a process that already runs
+    threads (torch's pools, FFmpeg's, a test runner's) can hold a lock at the moment of the fork, and the child
+    then waits on it forever (seen with PyAV in a long test session). Workers get their settings as arguments."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")

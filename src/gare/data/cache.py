@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
 import os
 import time
 from collections.abc import Iterable
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..io import atomic_write
+from ..io import atomic_write, worker_pool_context
 from .fingerprint import describe_difference, generated_fingerprint
 from .report import BadInputReport
 from .video import VideoDecodeError, sample_frames
@@ -423,6 +422,6 @@ def _run_tasks(tasks: list, out: str, n: int, settings: dict, workers: int) -> I
         finally:
             _W.clear()
         return
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    ctx = worker_pool_context()
     with ctx.Pool(min(workers, len(tasks)), initializer=_worker_init, initargs=(out, n, settings)) as pool:
         yield from pool.imap_unordered(_worker_task, tasks, chunksize=4)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import multiprocessing as mp
 import os
 import shlex
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 import av
 from tqdm import tqdm
 
-from ..io import atomic_write
+from ..io import atomic_write, worker_pool_context
 from .cache import FrameStore
 from .datasets import DATASETS, SPLITS, load_split
 from .encode import h264_writer
@@ -200,7 +199,7 @@ def compress_folder(src, dst, *, fps: float = 3.0, short_side: int = 224, crf: i
     workers = workers or os.cpu_count() or 1
     try:
         if workers > 1 and len(tasks) > 1:
-            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+            ctx = worker_pool_context()
             with ctx.Pool(min(workers, len(tasks))) as pool:
                 results = list(_iter_with_bar(pool.imap_unordered(_compress_task, tasks), bar))
         else:

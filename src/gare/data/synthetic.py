@@ -30,14 +30,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import multiprocessing as mp
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_write
+from ..io import atomic_write, worker_pool_context
 from .encode import encode_mp4
 
 log = logging.getLogger(__name__)
@@ -519,7 +518,7 @@ def generate(out_dir, n_videos: int = 1000, seed: int = 0, *, workers: int | Non
     workers = workers or os.cpu_count() or 1
     if tasks:
         if workers > 1 and len(tasks) > 4:
-            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+            ctx = worker_pool_context()
             with ctx.Pool(min(workers, len(tasks))) as pool:
                 for vid, info in pool.imap_unordered(_render_task, tasks, chunksize=8):
                     infos[vid] = info
