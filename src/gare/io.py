@@ -77,9 +77,10 @@ def atomic_write(path: str | Path, content: Content, *, encoding: str = "utf-8")
 
 
 def worker_pool_context() -> multiprocessing.context.BaseContext:
-    """The start method of the project's worker pools (frame store, generator, compress): ``forkserver`` where
-    the platform has it, else ``spawn``. Never a plain ``fork`` of the caller: a process that already runs
-    threads (torch's pools, FFmpeg's, a test runner's) can hold a lock at the moment of the fork, and the child
-    then waits on it forever (seen with PyAV in a long test session). Workers get their settings as arguments."""
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    """The start method of the project's worker pools (frame store, generator, compress): ``spawn``, never a
+    ``fork`` of the caller. A process that already runs threads (torch's pools, FFmpeg's, a test runner's) can
+    hold a lock at the moment of a fork, and the child then waits on it forever (seen with PyAV in a long test
+    session). Spawned workers are the caller's own children (their CPU time counts in its RUSAGE_CHILDREN, as
+    forkserver's grandchildren's would not) and get their settings as arguments; each imports the package once
+    (about a second), which is small next to the work of a pool."""
+    return multiprocessing.get_context("spawn")
