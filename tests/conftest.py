@@ -12,6 +12,16 @@ from gare.config import BackboneConfig, ModelConfig, TemporalConfig
 from gare.model import GareModel
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for a test on tiny tensors (thread hand-offs cost more than they save there, and
+    the 2-core machine is often shared)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def make_tiny_model(seed: int = 0, **scorer_overrides) -> GareModel:
     """Tiny CLIP-architecture GARE model (3 text/vision layers, width 128, 64 px), seqTransf with 3 layers."""
     torch.manual_seed(seed)

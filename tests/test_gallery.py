@@ -13,13 +13,7 @@ from gare.model.gallery import VideoGallery
 from gare.model.two_stage import topk_agreement
 from test_fast_scorer import STRUCTURAL, TOL32, _inputs, _reference, _scorer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def _gallery_scores(sc, t, f, vm, words, wm, dtype=torch.float32):
