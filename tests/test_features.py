@@ -43,7 +43,7 @@ def towers(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cache(shapes_dir, towers, tmp_path_factory):
-    """``gare data features configs/demo.yaml --out F ...`` (the command line, as a user runs it)."""
+    """``gare data features demo --out F ...`` (the command line, as a user runs it)."""
     out = tmp_path_factory.mktemp("feat") / "feats.safetensors"
     assert gare_main(["data", "features", str(RECIPE), *_overrides(shapes_dir, "unused", towers),
                       "--out", str(out)]) == 0
