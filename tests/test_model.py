@@ -20,6 +20,27 @@ def test_tokenize_layout(tiny_model):
     assert int((ids[1] != 0).sum()) == 5  # <sot> a dog runs <eot>
 
 
+def test_tokenize_memo_equals_open_clip(tiny_model, monkeypatch):
+    """The memoized ids are open_clip's, also when truncated and when the memo is emptied for being full."""
+    import open_clip
+
+    import gare.model.backbone as bb
+
+    ref = open_clip.tokenizer.SimpleTokenizer()
+    long = "a red circle moves left then a blue square grows " * 6  # over 32 tokens: truncated
+    texts = [*TEXTS, long, "a dog runs", "", "Ünïcode &amp; html"]
+    backbone = tiny_model.backbone
+    backbone._token_memo.clear()
+    monkeypatch.setattr(bb, "TOKEN_MEMO_SIZE", 4)
+    for L in (32, 6, 77):
+        for _ in range(2):  # the second pass reads the memo
+            torch.testing.assert_close(backbone.tokenize(texts, max_words=L) if L != 32 else
+                                       backbone.tokenize(texts), ref(texts, context_length=L), atol=0, rtol=0)
+    assert 0 < len(backbone._token_memo) <= 4
+    trunc = backbone.tokenize([long])[0]
+    assert trunc[-1] == EOT_TOKEN and (trunc != 0).all()
+
+
 def test_encode_text_strings_equal_token_ids(tiny_model):
     with torch.no_grad():
         from_strings = tiny_model.encode_text(TEXTS)

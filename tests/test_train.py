@@ -35,6 +35,38 @@ def test_lr_schedule_warmup_then_cosine_over_real_steps():
     assert f[-1] < 1e-3 and all(a >= b for a, b in zip(f[20:], f[21:]))
 
 
+def test_optimizer_fast_kernel_equals_the_plain_adamw_loop():
+    """build_optimizer's AdamW (fused or foreach kernel) makes the plain per-tensor loop's updates."""
+    from torch import nn
+
+    from gare.train.optim import build_optimizer
+
+    cfg = load_config("demo", ["train.weight_decay=0.05", "train.lr=1e-2"])
+
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Embedding(50, 8), nn.Linear(8, 4))
+
+    fast, plain = make(), make()
+    opt_fast, _ = build_optimizer(fast, cfg, total_steps=10)
+    groups = [{k: v for k, v in g.items()} for g in opt_fast.param_groups]
+    assert opt_fast.defaults["fused"] or opt_fast.defaults["foreach"]
+    pgroups = [{**g, "params": [dict(plain.named_parameters())[n] for n, q in fast.named_parameters()
+                                if any(q is r for r in g["params"])]} for g in groups]
+    opt_plain = torch.optim.AdamW(pgroups, betas=tuple(cfg.train.betas), eps=cfg.train.adam_eps, foreach=False,
+                                  fused=False)
+    for step in range(5):
+        torch.manual_seed(100 + step)
+        ids = torch.randint(0, 10, (6,))  # most embedding rows get no gradient (decay only)
+        for model, opt in ((fast, opt_fast), (plain, opt_plain)):
+            opt.zero_grad()
+            model(ids).square().sum().backward()
+            opt.step()
+    for (name, a), b in zip(fast.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+    assert not torch.equal(fast[0].weight, make()[0].weight)
+
+
 def test_total_steps_follow_dataset_size(shapes_dir, tmp_path):
     from gare.train.trainer import Trainer
 

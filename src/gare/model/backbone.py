@@ -33,6 +33,8 @@ TINY_CFG: dict[str, Any] = {
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 SOT_TOKEN = 49406
 EOT_TOKEN = 49407
+#: texts whose BPE ids :meth:`ClipBackbone.tokenize` keeps (the memo is emptied when full)
+TOKEN_MEMO_SIZE = 1 << 18
 
 
 def arch_config(arch: str, arch_cfg: dict | None = None) -> dict:
@@ -128,6 +130,7 @@ class ClipBackbone(nn.Module):
         if max_words > self.context_length:
             raise ValueError(f"max_words={max_words} exceeds the text context length {self.context_length}")
         self._tokenizer = None
+        self._token_memo: dict[str, list[int]] = {}
 
     # -- text -------------------------------------------------------------------------------
     @property
@@ -137,10 +140,27 @@ class ClipBackbone(nn.Module):
         return self._tokenizer
 
     def tokenize(self, texts: list[str], max_words: int | None = None) -> Tensor:
-        """CLIP BPE ids ``[N, L]``: start token, ids, end-of-text token, zero padding (truncated to L)."""
+        """CLIP BPE ids ``[N, L]``: start token, ids, end-of-text token, zero padding (truncated to L, the
+        last kept id then being the end-of-text token), as open_clip's tokenizer lays them out.
+
+        The BPE ids of each text are memoized (up to :data:`TOKEN_MEMO_SIZE` texts): training tokenizes the
+        same captions every epoch, and the BPE's text cleaning costs about as much as the text tower."""
         if isinstance(texts, str):
             texts = [texts]
-        return self.tokenizer(list(texts), context_length=max_words or self.max_words)
+        L = max_words or self.max_words
+        tok = self.tokenizer
+        memo = self._token_memo
+        out = torch.zeros(len(texts), L, dtype=torch.long)
+        for i, text in enumerate(texts):
+            ids = memo.get(text)
+            if ids is None:
+                if len(memo) >= TOKEN_MEMO_SIZE:
+                    memo.clear()
+                ids = memo[text] = [tok.sot_token_id, *tok.encode(text), tok.eot_token_id]
+            if len(ids) > L:
+                ids = ids[:L - 1] + [tok.eot_token_id]
+            out[i, :len(ids)] = torch.tensor(ids)
+        return out
 
     def encode_text(self, ids: Tensor, return_words: bool = False):
         """``ids [N, L]`` -> end-of-text embedding ``[N, D]`` (and word embeddings ``[N, L, D]`` + mask)."""

@@ -1,7 +1,10 @@
 """Optimizers and learning-rate schedules of the two modes (docs/method-notes.md, "release vs default").
 
 Default: AdamW with four groups ({CLIP, new modules} x {decay, no decay}; biases, norms and logit_scale not
-decayed), linear warm-up then cosine decay over the real number of steps (a ``LambdaLR``).
+decayed), linear warm-up then cosine decay over the real number of steps (a ``LambdaLR``). torch's fused AdamW
+kernel where the parameters' device and dtypes have one (CPU and CUDA): the same update as the per-tensor loop,
+equal to it within float rounding, and several times faster on models with a large token embedding (the
+demo's 6.3M-row CLIP vocabulary is most of its parameters); else the ``foreach`` form (bit-identical to the loop).
 
 Release (``release.optimizer``): the official release's "BertAdam". For each tensor p with gradient g::
 
@@ -168,8 +171,20 @@ def build_optimizer(model: nn.Module, cfg: Config, total_steps: int):
         opt = BertAdam(groups, lr=tc.lr, t_total=total_steps, warmup=tc.warmup_ratio, betas=tuple(tc.betas),
                        eps=tc.adam_eps, weight_decay=tc.weight_decay, max_grad_norm=1.0)
         return opt, None
-    opt = torch.optim.AdamW(groups, lr=tc.lr, betas=tuple(tc.betas), eps=tc.adam_eps)
+    opt = adamw(groups, lr=tc.lr, betas=tuple(tc.betas), eps=tc.adam_eps)
     return opt, build_scheduler(opt, total_steps, tc.warmup_ratio)
+
+
+def adamw(groups: list[dict], **kw) -> torch.optim.AdamW:
+    """AdamW over ``groups``: the fused kernel when the parameters' device and dtypes allow it, else foreach."""
+    params = [p for g in groups for p in g["params"]]
+    devices = {p.device.type for p in params}
+    if len(devices) == 1 and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params):
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kw)
+        except (RuntimeError, ValueError):  # no fused kernel for this device/dtype in this torch
+            pass
+    return torch.optim.AdamW(groups, foreach=True, **kw)
 
 
 def current_lr(group: dict) -> float:
