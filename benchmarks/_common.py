@@ -111,3 +111,49 @@ def random_batch(image_size: int, B: int, Fr: int, L: int, seed: int, *, pad_fir
     if pad_first:
         mask[0, Fr // 2:] = False
     return ids, frames, mask
+
+
+def clock(fn: Callable[[], object]) -> tuple[float, float, object]:
+    """``(wall seconds, CPU seconds of this process, result)`` of one call (CPU: ``time.process_time``)."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.perf_counter() - w0, time.process_time() - c0, out
+
+
+def interleaved_clock(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict[str, list[float]]]:
+    """:func:`interleaved` with CPU time too: ``{name: {"wall": [s, ...], "cpu": [s, ...]}}``."""
+    runs: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            w, c, _ = clock(fn)
+            runs[k]["wall"].append(w)
+            runs[k]["cpu"].append(c)
+    return runs
+
+
+def start_record(script: str, argv: list[str] | None) -> dict:
+    """The head of a results file: the command that made it, the date, the machine and the load average."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    return {"command": " ".join(["python", f"benchmarks/{script}"] + args),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+            "load_average_start": list(os.getloadavg()), "_t0": (time.perf_counter(), time.process_time())}
+
+
+def finish_record(res: dict, path: str | None) -> dict:
+    """Add the run's wall and CPU seconds and the final load average; write ``res`` to ``path`` (atomically)."""
+    import json
+
+    from gare.io import atomic_write
+
+    w0, c0 = res.pop("_t0")
+    res["wall_s"] = time.perf_counter() - w0
+    res["cpu_s"] = time.process_time() - c0
+    res["load_average_end"] = list(os.getloadavg())
+    print(f"run: {res['wall_s']:.0f} s wall, {res['cpu_s']:.0f} s CPU of this process; load average "
+          f"{res['load_average_start'][0]:.1f} -> {res['load_average_end'][0]:.1f}")
+    if path:
+        atomic_write(path, json.dumps(res, indent=2) + "\n")
+        print(f"wrote {path}")
+    return res

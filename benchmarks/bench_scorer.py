@@ -2,6 +2,7 @@
 
     python benchmarks/bench_scorer.py [--texts 1000] [--videos 1000] [--frames 12] [--dim 512]
                                       [--ref-texts 200] [--repeats 3] [--heads 1] [--layers 1] [--threads 1]
+                                      [--json FILE]
 
 Scores ``texts x videos`` pairs with the default scorer (text-conditioned pooling, gap query, frame
 context, one psi layer) whose parameters are set to non-initial random values (LayerNorm gains and
@@ -15,8 +16,9 @@ all biases included), on CLIP-scale random features (norm about 10):
 - pooling only (no Delta, fast path) and a dual encoder's product ``normalize(t) @ normalize(vbar).T``
   (gallery embeddings ready), the floor any exact GARE scoring is compared with.
 
-Prints times, ratios and the largest absolute difference of the fast scores from the float32
-reference and from a float64 reference.
+Prints times (wall and CPU seconds of this process, medians), ratios and the largest absolute difference
+of the fast scores from the float32 reference and from a float64 reference; ``--json FILE`` writes them
+with the command, the machine and its load average (docs/results/bench_scorer.json).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_args, interleaved, machine, med, setup, table, timed  # noqa: E402
+from _common import add_common_args, clock, finish_record, interleaved_clock, med, setup, start_record, table  # noqa: E402
 from gare.config import PsiConfig, ScorerConfig  # noqa: E402
 from gare.model.fast_scorer import fast_similarity  # noqa: E402
 from gare.model.scorer import PairScorer, masked_mean  # noqa: E402
@@ -70,9 +72,11 @@ def main(argv=None) -> int:
     ap.add_argument("--heads", type=int, default=1)
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--budget-mib", type=int, default=256, help="memory budget of both scorers")
+    ap.add_argument("--json", default=None, help="write the figures (with command, machine, load) to this file")
     add_common_args(ap)
     args = ap.parse_args(argv)
     setup(args)
+    res = start_record("bench_scorer.py", argv)
     n_ref = min(args.ref_texts, args.texts)
     budget = args.budget_mib * 2**20
     sc = trained_like(PairScorer(ScorerConfig(psi=PsiConfig(heads=args.heads, layers=args.layers)), args.dim))
@@ -80,7 +84,7 @@ def main(argv=None) -> int:
     t, f = features(args.texts, args.videos, args.frames, args.dim, args.seed)
     print(f"scorer benchmark: {args.texts} texts x {args.videos} videos x {args.frames} frames x D={args.dim}, "
           f"psi heads={args.heads} layers={args.layers}")
-    print(f"machine: {machine()}")
+    print(f"machine: {res['machine']}")
 
     vbar_n = F.normalize(masked_mean(f, None), dim=-1)
     fns = {
@@ -90,11 +94,12 @@ def main(argv=None) -> int:
         "dual": lambda: F.normalize(t, dim=-1) @ vbar_n.T,
     }
     fns["fast"]()  # warm-up
-    times = interleaved(fns, args.repeats)
-    t_ref, S_ref = timed(lambda: sc.similarity(t[:n_ref], f, memory_budget=budget))
-    more = interleaved(fns, 1)
+    times = interleaved_clock(fns, args.repeats)
+    ref_wall, ref_cpu, S_ref = clock(lambda: sc.similarity(t[:n_ref], f, memory_budget=budget))
+    more = interleaved_clock(fns, 1)
     for k in times:
-        times[k] += more[k]
+        for kind in ("wall", "cpu"):
+            times[k][kind] += more[k][kind]
     S_fast = fast_similarity(sc, t, f, memory_budget=budget)
     diff32 = float((S_fast[:n_ref] - S_ref).abs().max())
     n64 = min(20, n_ref)
@@ -102,22 +107,34 @@ def main(argv=None) -> int:
     S64 = sc64.similarity(t[:n64].double(), f.double(), memory_budget=budget)
     diff64 = float((S_fast[:n64].double() - S64).abs().max())
 
-    fast, fsub, pool, dual = (med(times[k]) for k in ("fast", "fast_subset", "pool_only", "dual"))
-    ref_full = t_ref * args.texts / n_ref
-    rows = [
-        ("dual encoder product (N_t x N_v x D)", f"{dual:.3f}", "1.0x"),
-        ("pooling only, no Delta (fast path)", f"{pool:.3f}", f"{pool / dual:.1f}x"),
-        ("GARE fast (exact)", f"{fast:.3f}", f"{fast / dual:.1f}x"),
-        (f"GARE reference ({n_ref} texts measured, x{args.texts / n_ref:g})", f"{ref_full:.3f}",
-         f"{ref_full / dual:.1f}x"),
-    ]
-    print(table(rows, ("scoring of the full matrix", "seconds (median)", "vs dual encoder")))
-    print(f"speed-up fast vs reference, full matrix ({args.texts}x{args.videos}): {ref_full / fast:.1f}x")
-    print(f"speed-up fast vs reference, same {n_ref}x{args.videos} pairs both measured: {t_ref / fsub:.1f}x")
-    print(f"fast GARE cost / dual-encoder cost: {fast / dual:.1f}x   (pooling only: {pool / dual:.1f}x)")
+    scale = args.texts / n_ref
+    secs = {k: {kind: med(times[k][kind]) for kind in ("wall", "cpu")} for k in times}
+    secs["reference_scaled"] = {"wall": ref_wall * scale, "cpu": ref_cpu * scale}
+    secs["reference_subset"] = {"wall": ref_wall, "cpu": ref_cpu}
+    dual = secs["dual"]
+    rows = [(label, f"{secs[k]['wall']:.3f}", f"{secs[k]['cpu']:.3f}", f"{secs[k]['cpu'] / dual['cpu']:.1f}x")
+            for k, label in (("dual", "dual encoder product (N_t x N_v x D)"),
+                             ("pool_only", "pooling only, no Delta (fast path)"), ("fast", "GARE fast (exact)"),
+                             ("reference_scaled", f"GARE reference ({n_ref} texts measured, x{scale:g})"))]
+    print(table(rows, ("scoring of the full matrix", "wall s (median)", "CPU s (median)", "vs dual encoder, CPU")))
+    ratios = {kind: {"fast_vs_reference": secs["reference_scaled"][kind] / secs["fast"][kind],
+                     "fast_vs_reference_same_pairs": secs["reference_subset"][kind] / secs["fast_subset"][kind],
+                     "fast_vs_dual": secs["fast"][kind] / dual[kind],
+                     "pool_only_vs_dual": secs["pool_only"][kind] / dual[kind],
+                     "fast_vs_pool_only": secs["fast"][kind] / secs["pool_only"][kind]} for kind in ("wall", "cpu")}
+    r = ratios["cpu"]
+    print(f"speed-up fast vs reference, full matrix ({args.texts}x{args.videos}): {r['fast_vs_reference']:.1f}x CPU "
+          f"({ratios['wall']['fast_vs_reference']:.1f}x wall)")
+    print(f"speed-up fast vs reference, same {n_ref}x{args.videos} pairs both measured: "
+          f"{r['fast_vs_reference_same_pairs']:.1f}x CPU")
+    print(f"fast GARE cost / dual-encoder cost: {r['fast_vs_dual']:.1f}x CPU   (pooling only: "
+          f"{r['pool_only_vs_dual']:.1f}x)")
     print(f"max |fast - reference float32| over {n_ref}x{args.videos}: {diff32:.2e}")
     print(f"max |fast - reference float64| over {n64}x{args.videos}: {diff64:.2e}")
     print(f"score range: [{float(S_fast.min()):.3f}, {float(S_fast.max()):.3f}], std {float(S_fast.std()):.3f}")
+    res.update({"args": vars(args), "ref_texts_measured": n_ref, "seconds": secs, "runs": times, "ratios": ratios,
+                "max_abs_diff_float32": diff32, "max_abs_diff_float64": diff64, "float64_texts": n64})
+    finish_record(res, args.json)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Two-stage retrieval benchmark: speed-up over exhaustive exact scoring and top-10 agreement.
 
     python benchmarks/bench_two_stage.py [--texts 1000] [--videos 1000] [--frames 12] [--dim 512] [--k 256]
-                                         [--checkpoint RUN_OR_FILE] [--split test] [--threads 1]
+                                         [--checkpoint RUN_OR_FILE] [--split test] [--threads 1] [--json FILE]
 
 Random data: CLIP-scale features where text i is a noisy copy of video i's content (so rankings are
 not arbitrary), scored by two psi settings: parameters at their initialization (small Delta, as at
@@ -13,6 +13,9 @@ The same with the reference scorer (``fast=False``) on the first ``--ref-texts``
 With ``--checkpoint`` (a run folder or ``.safetensors`` of the demo trainer), the same figures on that
 run's split: the texts and videos are encoded with the checkpoint, and K is also shown at 1/4 and 1/16
 of the gallery when the gallery is smaller than the requested K.
+
+Times are medians of wall and CPU seconds of this process; ``--json FILE`` writes every row with the
+command, the machine and its load average (docs/results/bench_two_stage.json).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_args, interleaved, machine, med, setup, table  # noqa: E402
+from _common import add_common_args, finish_record, interleaved_clock, med, setup, start_record, table  # noqa: E402
 from bench_scorer import features, trained_like  # noqa: E402
 from gare.config import ScorerConfig  # noqa: E402
 from gare.model.fast_scorer import fast_similarity  # noqa: E402
@@ -47,14 +50,25 @@ class ScorerOnly(nn.Module):
                                memory_budget=memory_budget)
 
 
-def measure(model, t, v, mask, k: int, repeats: int, fast: bool = True) -> tuple[float, float, float]:
-    """(exhaustive seconds, two-stage seconds, top-10 agreement)."""
+def measure(model, t, v, mask, k: int, repeats: int, fast: bool = True) -> dict:
+    """Median wall and CPU seconds of exhaustive and two-stage scoring, speed-ups, and top-10 agreement."""
     fns = {"exhaustive": lambda: model.similarity(t, v, mask, fast=fast),
            "two_stage": lambda: two_stage_similarity(model, t, v, mask, k=k, fast=fast)}
-    times = interleaved(fns, repeats)
+    times = interleaved_clock(fns, repeats)
     S = model.similarity(t, v, mask, fast=fast)
     S2 = two_stage_similarity(model, t, v, mask, k=k, fast=fast)
-    return med(times["exhaustive"]), med(times["two_stage"]), topk_agreement(S, S2, 10)
+    out = {"texts": int(t.shape[0]), "videos": int(v.shape[0]), "k": k, "scorer": "fast" if fast else "reference",
+           "top10_agreement": topk_agreement(S, S2, 10)}
+    for name in fns:
+        out[f"{name}_s"] = {kind: med(times[name][kind]) for kind in ("wall", "cpu")}
+    out["speedup"] = {kind: out["exhaustive_s"][kind] / out["two_stage_s"][kind] for kind in ("wall", "cpu")}
+    return out
+
+
+def _row(label: str, m: dict) -> tuple:
+    return (label, m["k"], f"{m['exhaustive_s']['wall']:.2f} / {m['exhaustive_s']['cpu']:.2f}",
+            f"{m['two_stage_s']['wall']:.2f} / {m['two_stage_s']['cpu']:.2f}",
+            f"{m['speedup']['wall']:.2f}x / {m['speedup']['cpu']:.2f}x", f"{m['top10_agreement']:.3f}")
 
 
 def encode_checkpoint_split(path: str, split: str):
@@ -98,29 +112,35 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="test")
     ap.add_argument("--ref-texts", type=int, default=250,
                     help="also time the reference scorer (fast=False) on this many texts (0: skip)")
+    ap.add_argument("--json", default=None, help="write the figures (with command, machine, load) to this file")
     add_common_args(ap)
     args = ap.parse_args(argv)
     setup(args)
+    res = start_record("bench_two_stage.py", argv)
+    res["args"] = vars(args)
+    res["random"] = {}
     print(f"two-stage benchmark: K={args.k}; random data {args.texts} texts x {args.videos} videos x "
           f"{args.frames} frames x D={args.dim}")
-    print(f"machine: {machine()}")
+    print(f"machine: {res['machine']}")
     t, f = features(args.texts, args.videos, args.frames, args.dim, args.seed)
     rows = []
-    for label, sc in (("random data, psi at init", PairScorer(ScorerConfig(), args.dim)),
-                      ("random data, psi non-initial", trained_like(PairScorer(ScorerConfig(), args.dim)))):
-        ex, ts, agree = measure(ScorerOnly(sc), t, f, None, args.k, args.repeats)
-        rows.append((label, args.k, f"{ex:.2f}", f"{ts:.2f}", f"{ex / ts:.2f}x", f"{agree:.3f}"))
+    for key, label, sc in (("init", "random data, psi at init", PairScorer(ScorerConfig(), args.dim)),
+                           ("non_initial", "random data, psi non-initial",
+                            trained_like(PairScorer(ScorerConfig(), args.dim)))):
+        res["random"][key] = m_ = measure(ScorerOnly(sc), t, f, None, args.k, args.repeats)
+        rows.append(_row(label, m_))
     if args.ref_texts:
         n = min(args.ref_texts, args.texts)
-        ex, ts, agree = measure(ScorerOnly(sc), t[:n], f, None, args.k, 1, fast=False)
-        rows.append((f"same, reference scorer, {n} texts", args.k, f"{ex:.2f}", f"{ts:.2f}", f"{ex / ts:.2f}x",
-                     f"{agree:.3f}"))
-    header = ("data", "K", "exhaustive s", "two-stage s", "speed-up", "top-10 agreement")
+        res["random"]["non_initial_reference"] = m_ = measure(ScorerOnly(sc), t[:n], f, None, args.k, 1, fast=False)
+        rows.append(_row(f"same, reference scorer, {n} texts", m_))
+    header = ("data", "K", "exhaustive s (wall / CPU)", "two-stage s (wall / CPU)", "speed-up (wall / CPU)",
+              "top-10 agreement")
     print(table(rows, header))
     print("exhaustive = exact scores of every pair (fast scorer unless marked reference); two-stage = cos(t, vbar) "
           "ranking + exact rerank of each text's top K (per-video psi work included in both)")
     if not args.checkpoint:
         print("(no --checkpoint given: demo test-set figures skipped)")
+        finish_record(res, args.json)
         return 0
     try:
         model, tq, v, m, qv = encode_checkpoint_split(args.checkpoint, args.split)
@@ -133,12 +153,16 @@ def main(argv=None) -> int:
     ks = [args.k] if args.k < n_v else [max(1, n_v // 4), max(1, n_v // 16)]
     r1 = t2v_v2t_metrics(model.similarity(tq, v, m).float().cpu(), qv)["t2v"]["R1"]
     rows = []
+    res["checkpoint"] = {"path": args.checkpoint, "split": args.split, "t2v_R1_exhaustive": r1, "rows": []}
     for k in ks:
-        ex, ts, agree = measure(model, tq, v, m, k, args.repeats)
-        r1_k = t2v_v2t_metrics(model.similarity(tq, v, m, two_stage_k=k).float().cpu(), qv)["t2v"]["R1"]
-        rows.append((f"{Path(args.checkpoint).name} {args.split} ({tq.shape[0]} q x {n_v} v)", k,
-                     f"{ex:.2f}", f"{ts:.2f}", f"{ex / ts:.2f}x", f"{agree:.3f}", f"{r1:.1f} -> {r1_k:.1f}"))
+        m_ = measure(model, tq, v, m, k, args.repeats)
+        m_["t2v_R1_two_stage"] = t2v_v2t_metrics(model.similarity(tq, v, m, two_stage_k=k).float().cpu(),
+                                                 qv)["t2v"]["R1"]
+        res["checkpoint"]["rows"].append(m_)
+        rows.append(_row(f"{Path(args.checkpoint).name} {args.split} ({tq.shape[0]} q x {n_v} v)", m_)
+                    + (f"{r1:.1f} -> {m_['t2v_R1_two_stage']:.1f}",))
     print(table(rows, header + ("t2v R@1 exhaustive -> two-stage",)))
+    finish_record(res, args.json)
     return 0
 
 

@@ -289,6 +289,17 @@ def test_concurrent_load_on_loopback(server, engine):
           f"latency p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {lat.max():.1f} ms; sequential p50 {seq_p50:.1f} ms, "
           f"p99 bound {bound:.0f} ms")
     assert len(lat) == n and server["proc"].poll() is None
+    record = os.environ.get("GARE_LOADTEST_RESULTS")  # e.g. docs/results/load_test.json (docs/search.md)
+    if record:
+        from gare.io import atomic_write
+
+        atomic_write(record, json.dumps({
+            "command": f"GARE_LOADTEST_RESULTS={record} pytest tests/test_web.py -k concurrent_load",
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_average": list(os.getloadavg()),
+            "videos": len(engine.records), "requests": n,
+            "concurrency": conc, "errors": len(errors), "wall_s": wall, "requests_per_s": n / wall,
+            "p50_ms": float(p50), "p99_ms": float(p99), "max_ms": float(lat.max()), "sequential_p50_ms": seq_p50,
+            "p99_bound_ms": bound}, indent=2) + "\n")
     assert p99 <= bound, f"p99 {p99:.0f} ms under {conc} concurrent clients exceeds {bound:.0f} ms " \
                          f"(3 x {conc} x the sequential p50 {seq_p50:.1f} ms + 500 ms)"
 
