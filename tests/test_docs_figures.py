@@ -403,3 +403,46 @@ def test_results_readme_lists_every_results_file():
     files = [p for p in RESULTS.iterdir() if p.is_file() and p.name != "README.md"]
     unlisted = [p.name for p in files if p.name not in index and p.stem not in index]
     assert not unlisted, f"docs/results/README.md does not list {unlisted} (with the command that writes each)"
+
+
+def _stats(name: str) -> dict[str, dict]:
+    return {r["variant"]: r["stats"] for r in _res(name)["rows"]}
+
+
+def test_noise_tables_in_experiments_md_are_those_of_the_grid_results():
+    """The noisy-correspondence table (3 seeds) and the end-to-end check (1 seed), from noise.json and
+    slow_noise_finetune.json (the per-variant stats `gare sweep` wrote). Differences are those of the figures
+    as shown (rounded to 0.1 first), as a reader of the table computes them."""
+    doc = _doc("experiments.md")
+
+    def table(name: str) -> dict[str, dict[str, float]]:
+        return {v: {k: round(x["mean"], 1) for k, x in st.items()} | {f"{k}_std": x["std"] for k, x in st.items()}
+                for v, st in _stats(name).items()}
+
+    def d(x: float) -> str:
+        return f"{x:+.1f}".replace("-", "−")
+
+    st = table("noise.json")
+    cells = []
+    for pct in (0, 20, 50):
+        g, b = st[f"gare_noise{pct}"], st[f"baseline_noise{pct}"]
+        keys = ("t2v_R1", "t2v_R5", "v2t_R1")
+        cells.append(f"| {pct}% | " + " / ".join(f"{g[k]:.1f} ± {g[k + '_std']:.1f}" for k in keys)
+                     + " | " + " / ".join(f"{b[k]:.1f} ± {b[k + '_std']:.1f}" for k in keys)
+                     + f" | {g['t2v_R1'] - b['t2v_R1']:+.1f} |")
+    b0, b50, g0, g50 = st["baseline_noise0"], st["baseline_noise50"], st["gare_noise0"], st["gare_noise50"]
+    cells.append(f"the baseline loses {b0['t2v_R1'] - b50['t2v_R1']:.1f} points of t2v R@1 ({b0['t2v_R1']:.1f} → "
+                 f"{b50['t2v_R1']:.1f}) and {b0['t2v_R5'] - b50['t2v_R5']:.1f} of R@5, GARE "
+                 f"{g0['t2v_R1'] - g50['t2v_R1']:.1f} and {g0['t2v_R5'] - g50['t2v_R5']:.1f}")
+    cells.append(f"(R@1 {d(g0['t2v_R1'] - b0['t2v_R1'])}, R@5 {d(g0['t2v_R5'] - b0['t2v_R5'])})")
+
+    fine = table("slow_noise_finetune.json")
+    for pct in (0, 50):
+        g, b = fine[f"gare_noise{pct}"], fine[f"baseline_noise{pct}"]
+        cells.append(f"| {pct}% | " + " / ".join(f"{g[k]:.1f}" for k in ("t2v_R1", "t2v_R5", "v2t_R1"))
+                     + " | " + " / ".join(f"{b[k]:.1f}" for k in ("t2v_R1", "t2v_R5", "v2t_R1")) + " |")
+    g0, g50, b0, b50 = (fine[v] for v in ("gare_noise0", "gare_noise50", "baseline_noise0", "baseline_noise50"))
+    cells.append(f"(R@1 {d(g50['t2v_R1'] - g0['t2v_R1'])} vs {d(b50['t2v_R1'] - b0['t2v_R1'])}, "
+                 f"R@5 {d(g50['t2v_R5'] - g0['t2v_R5'])} vs {d(b50['t2v_R5'] - b0['t2v_R5'])})")
+    cells.append(f"50% in t2v R@1 ({d(g50['t2v_R1'] - b50['t2v_R1'])}) and R@5 ({d(g50['t2v_R5'] - b50['t2v_R5'])})")
+    assert not _missing(doc, cells), _missing(doc, cells)
