@@ -446,3 +446,67 @@ def test_noise_tables_in_experiments_md_are_those_of_the_grid_results():
                  f"R@5 {d(g50['t2v_R5'] - g0['t2v_R5'])} vs {d(b50['t2v_R5'] - b0['t2v_R5'])})")
     cells.append(f"50% in t2v R@1 ({d(g50['t2v_R1'] - b50['t2v_R1'])}) and R@5 ({d(g50['t2v_R5'] - b50['t2v_R5'])})")
     assert not _missing(doc, cells), _missing(doc, cells)
+
+
+def test_feature_cache_table_and_grid_times_in_experiments_md_are_those_of_their_files():
+    doc = _doc("experiments.md")
+    fc = _res("feature_cache_dtype.json")
+    cells = [f"at load {float(fc['machine'].rsplit(' ', 1)[1]):.1f}"]
+    for run, label in (("text_frames_eta+1", "text side, frame context, eta +1"),
+                       ("text_words_eta+1", "text side, word context, eta +1")):
+        r = fc["runs"][f"runs/experiments/table7/{run}/seed0"]
+        h = r["float16_vs_float32"]
+        same = round(h["same_top1"] * r["queries"])
+        r1 = " / ".join(f"{r['R1'][k]:.1f}" for k in ("towers", "float32", "float16"))
+        cells.append(f"| {label} | {_e(h['max_abs_diff'])}")
+        cells.append(f"| {100 * h['same_top1']:.1f}% ({same}/{r['queries']}")
+        cells.append(f"| {r1} |")
+        assert r["float32_vs_towers"]["max_abs_diff"] == 0.0  # "the float32 cache gives exactly the towers' scores"
+    words = fc["runs"]["runs/experiments/table7/text_words_eta+1/seed0"]["words_max_abs_diff_float16_vs_towers"]
+    cells.append(f"(word embeddings: {_e(words)})")
+    for name, quote in (("noise.md", "300 steps, {} min on a quiet machine (`noise.md`"),
+                        ("table7.md", "{} min wall for the 24 runs on the shared machine (`table7.md`"),
+                        ("slow_noise_finetune.md", "200 steps, {} min (`docs/results/slow_noise_finetune.md`)")):
+        minutes = re.search(r"Wall time of this invocation: ([\d.]+) min", (RESULTS / name).read_text()).group(1)
+        cells.append(quote.format(minutes))
+    assert not _missing(doc, cells), _missing(doc, cells)
+
+
+def test_release_comparison_figures_in_reproduce_md_are_those_of_the_results_files():
+    doc = _doc("reproduce.md").replace("**", "")  # bold marks are not part of the figures
+
+    def pct(x: float) -> str:
+        v = 100 * x
+        return f"{v:.1f}%" if v >= 1 else f"{v:.3f}%" if v >= 0.01 else f"{v:.4f}%"
+
+    cells, zero_rel = [], []
+    for name, label, as_pct in (("compare_release.json", "fp32, full loss", True),
+                                ("compare_release_beta0.json", "fp32, beta 0", True),
+                                ("compare_release_fp64.json", "float64", False)):
+        r = _res(name)
+        s, pt = r["summary"], r["per_tensor"]
+        skip = set(s["zero_gradient_tensors"]) | set(s["unmoved_both"])
+        med = {side: statistics.median(v["rel_diff"] for k, v in pt.items()
+                                       if k not in skip and k.startswith("clip.") == (side == "clip"))
+               for side in ("clip", "rest")}
+        fmt = pct if as_pct else _e
+        losses = [x["abs_diff"] for x in s["losses"]]
+        cells.append(" / ".join("0" if x == 0 else _e(x) for x in losses[:2]))
+        cells.append(_e(losses[2]))
+        for side, worst in (("clip", s["clip_worst"]), ("rest", s["rest_worst"])):
+            cells.append(f"{fmt(worst['rel_diff'])} (`{worst['tensor']}`; median {fmt(med[side])})")
+        cells.append(f"{s['seconds']:.0f} s ({label})")
+        zero_rel += [v["rel_diff"] for v in s["zero_gradient_tensors"].values()]
+    cells.append(f"(relative difference {min(zero_rel):.1f} to {max(zero_rel):.1f} in every run")
+
+    ib = _res("ib_fp32_conditioning.json")
+    on, off = ib["beta=0.0001"], ib["beta=0"]
+    mx, md = on["max_rel_diff"], on["median_rel_diff"]
+    cells += [f"off the fp64 one by up to {100 * mx['psi']:.0f}% (psi), {100 * mx['temporal']:.0f}% (temporal module) "
+              "and "
+              f"{100 * mx['clip']:.0f}% (CLIP tensors; medians {100 * md['psi']:.0f}%, {100 * md['temporal']:.0f}%, "
+              f"{100 * md['clip']:.1f}%); with beta 0 by at most {_e(max(off['max_rel_diff'].values()))}",
+              f"std over the texts {_e(on['fp32']['delta_std_over_texts_mean'])} on average, down to "
+              f"{on['fp64']['delta_std_over_texts_min']:.0e}".replace("e-0", "e-") + " in some dimensions, against "
+              f"|Delta| ~{on['fp32']['delta_abs_mean']:.2f}", ib["command"]]
+    assert not _missing(doc, cells), _missing(doc, cells)
