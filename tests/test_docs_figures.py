@@ -510,3 +510,22 @@ def test_release_comparison_figures_in_reproduce_md_are_those_of_the_results_fil
               f"{on['fp64']['delta_std_over_texts_min']:.0e}".replace("e-0", "e-") + " in some dimensions, against "
               f"|Delta| ~{on['fp32']['delta_abs_mean']:.2f}", ib["command"]]
     assert not _missing(doc, cells), _missing(doc, cells)
+
+
+def test_noise_geometry_figures_in_experiments_md_are_those_of_noise_json():
+    doc = _doc("experiments.md")
+    st = {v: {k: x["mean"] for k, x in s.items()} for v, s in _stats("noise.json").items()}
+    g0, b0, g50 = st["gare_noise0"], st["baseline_noise0"], st["gare_noise50"]
+    cells = [f"({g0['geo_gap']:.2f} GARE vs {b0['geo_gap']:.2f} baseline on clean data; the corrected texts t + Delta "
+             f"are slightly farther, {g0['geo_gap_corrected']:.2f})",
+             f"(alignment {g0['geo_alignment']:.2f} vs {b0['geo_alignment']:.2f}) and recovers with the increments "
+             f"({g0['geo_alignment_corrected']:.2f} on the corrected pairs)",
+             f"Noise inflates the gap ({g0['geo_gap']:.2f} → {g50['geo_gap']:.2f}) and collapses the positive-pair "
+             f"cosine ({g0['geo_pos_cos']:.2f} → {g50['geo_pos_cos']:.2f})"]
+    assert not _missing(doc, cells), _missing(doc, cells)
+    # "At 50% ... GARE is ahead at every seed in every metric (t2v R@1/R@5/R@10/MnR, v2t R@1)"
+    rows = {r["variant"]: r["per_seed"] for r in _res("noise.json")["rows"]}
+    for s in ("0", "1", "2"):
+        g, b = rows["gare_noise50"][s], rows["baseline_noise50"][s]
+        assert all(g[k] > b[k] for k in ("t2v_R1", "t2v_R5", "t2v_R10", "v2t_R1")) and g["t2v_MnR"] < b["t2v_MnR"]
+        assert rows["gare_noise20"][s]["t2v_R1"] > rows["baseline_noise20"][s]["t2v_R1"]
