@@ -310,3 +310,22 @@ def test_flip_is_opt_in():
     assert "flip" not in default.augment
     with pytest.raises(ValueError, match="unknown augmentation"):
         FrameTransform(32, train=True, augment=("solarize",))
+
+
+def test_frame_transform_table_path_equals_the_formula():
+    """Frames already at the output size take the per-value table: bit-identical to (x / 255 - mean) / std
+    computed on the tensor, for every uint8 value and channel; augmenting transforms keep the general path."""
+    from gare.data.video import CLIP_MEAN, CLIP_STD, FrameTransform
+
+    x = np.random.default_rng(0).integers(0, 256, size=(3, 16, 16, 3), dtype=np.uint8)
+    x[1] = np.arange(256, dtype=np.uint8).reshape(16, 16, 1)  # every value in every channel
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    ref = (torch.from_numpy(x).permute(0, 3, 1, 2).float().div(255.0) - mean) / std
+    for tf in (FrameTransform(16), FrameTransform(16, train=True, augment=())):
+        assert not tf.random
+        y = tf(x)
+        assert y.dtype == torch.float32 and y.shape == (3, 3, 16, 16) and y.is_contiguous()
+        assert torch.equal(y, ref)
+        assert torch.equal(tf(torch.from_numpy(x)), ref)
+    assert FrameTransform(16, train=True, augment=("crop",)).random

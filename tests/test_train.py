@@ -67,6 +67,39 @@ def test_optimizer_fast_kernel_equals_the_plain_adamw_loop():
     assert not torch.equal(fast[0].weight, make()[0].weight)
 
 
+def test_seeded_items_seed_only_datasets_that_draw():
+    """An augmenting dataset's item k is the same whatever was drawn before it; a dataset that draws
+    nothing (``random = False``) is read without reseeding the global generators."""
+    from gare.train.data import SeededItems
+
+    class Noise:
+        random = True
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, k):
+            return torch.rand(3)
+
+    class Fixed(Noise):
+        random = False
+
+    items = SeededItems(Noise(), seed=5)
+    first = items[2]
+    torch.rand(7)
+    torch.testing.assert_close(items[2], first, atol=0, rtol=0)
+    items.epoch = 1
+    assert not torch.equal(items[2], first)
+    fixed = SeededItems(Fixed(), seed=5)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    fixed[2]
+    after = torch.rand(1)
+    torch.set_rng_state(state)
+    torch.rand(3)  # the dataset's own draw, nothing else
+    assert torch.equal(torch.rand(1), after)
+
+
 def test_total_steps_follow_dataset_size(shapes_dir, tmp_path):
     from gare.train.trainer import Trainer
 

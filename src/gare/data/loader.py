@@ -107,6 +107,11 @@ class TrainPairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    @property
+    def random(self) -> bool:
+        """Whether reading an item draws random numbers (its transform augments)."""
+        return bool(getattr(self.src.transform, "random", True))
+
     def __getitem__(self, k: int) -> dict:
         n = len(self.pairs)
         for step in range(n):

@@ -504,10 +504,30 @@ class FrameTransform:
     def __repr__(self) -> str:
         return f"FrameTransform(size={self.size}, train={self.train}, augment={self.augment})"
 
+    @property
+    def random(self) -> bool:
+        """Whether the transform draws random numbers (training with an augmentation)."""
+        return self.train and bool(self.augment)
+
+    def _normalize_table(self, x: np.ndarray) -> torch.Tensor:
+        """Frames already ``size`` x ``size`` (a frame store's): the normalization of every uint8 value,
+        computed once with the same float32 operations as the general path (so bit-identical), then looked
+        up per channel."""
+        table = getattr(self, "_table", None)
+        if table is None:
+            v = torch.arange(256, dtype=torch.float32).div_(255.0)[None, :]
+            table = self._table = ((v - self.mean.view(3, 1)) / self.std.view(3, 1)).numpy()
+        out = np.empty((x.shape[0], 3, x.shape[1], x.shape[2]), dtype=np.float32)
+        for c in range(3):
+            np.take(table[c], x[..., c], out=out[:, c])
+        return torch.from_numpy(out)
+
     def __call__(self, frames) -> torch.Tensor:
         x = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames)
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected uint8 frames [F, H, W, 3], got {tuple(x.shape)} {x.dtype}")
+        if not self.random and tuple(x.shape[1:3]) == (self.size, self.size):
+            return self._normalize_table(x.numpy())
         x = x.permute(0, 3, 1, 2)  # [F, 3, H, W]
         if self.train and "crop" in self.augment:
             x = self._random_resized_crop(x)

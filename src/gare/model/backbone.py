@@ -208,6 +208,8 @@ class ClipBackbone(nn.Module):
             emb = self._visual(flat)
             return emb.reshape(N, Fr, -1)
         keep = mask.reshape(-1).bool()
+        if bool(keep.all()):  # every frame valid (the common case): no gather/scatter copies of the frames
+            return self._visual(flat).reshape(N, Fr, -1)
         out = flat.new_zeros(N * Fr, self.embed_dim)
         if keep.any():
             emb = self._visual(flat[keep])

@@ -252,6 +252,8 @@ class FeaturePairDataset(Dataset):
         if words and cache.words is None:
             raise ConfigError(f"the feature cache {cache.path} holds no word embeddings")
 
+    random = False  # items are stored features: nothing is drawn
+
     def __len__(self) -> int:
         return len(self.pairs)
 
