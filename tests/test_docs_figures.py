@@ -529,3 +529,26 @@ def test_noise_geometry_figures_in_experiments_md_are_those_of_noise_json():
         g, b = rows["gare_noise50"][s], rows["baseline_noise50"][s]
         assert all(g[k] > b[k] for k in ("t2v_R1", "t2v_R5", "t2v_R10", "v2t_R1")) and g["t2v_MnR"] < b["t2v_MnR"]
         assert rows["gare_noise20"][s]["t2v_R1"] > rows["baseline_noise20"][s]["t2v_R1"]
+
+
+def test_table7_ranges_in_experiments_md_are_those_of_table7_json():
+    doc = _doc("experiments.md")
+    st = {v: {k: x for k, x in s.items()} for v, s in _stats("table7.json").items()}
+
+    def rng(keys: list[str], stat: str, field: str = "mean", places: int = 2) -> str:
+        vals = [st[k][stat][field] for k in keys]
+        return f"{min(vals):.{places}f}–{max(vals):.{places}f}"
+
+    video = [k for k in st if k.startswith("video_")]
+    text = [k for k in st if k.startswith("text_")]
+    cells = [f"(gap {rng(video, 'geo_gap')} → {rng(video, 'geo_gap_corrected')})",
+             f"({rng(text, 'geo_gap')} → {rng(text, 'geo_gap_corrected')})",
+             f"(alignment {st['text_words_eta+1']['geo_alignment_corrected']['mean']:.2f} vs "
+             f"{st['text_frames_eta+1']['geo_alignment_corrected']['mean']:.2f} with frames)",
+             f"{rng(['video_frames_eta+1', 'video_frames_eta-1'], 'geo_delta_norm_ratio')}".split("–")[0]
+             + " with frames, " + rng(["video_words_eta+1", "video_words_eta-1"], "geo_delta_norm_ratio")
+             + " with words) than on the text side (" + rng(text, "geo_delta_norm_ratio") + " of ||t||)",
+             f"all cells lie within {rng(list(st), 't2v_R1', places=1)} with seed std "
+             f"{rng(list(st), 't2v_R1', 'std', 1)}",
+             f"The text-side cells lie within {rng(text, 't2v_R1', places=1)}"]
+    assert not _missing(doc, cells), _missing(doc, cells)
