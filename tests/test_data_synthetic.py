@@ -11,7 +11,7 @@ import pytest
 
 from data_fixtures import synth_dataset
 from gare.data.datasets import load_split
-from gare.data.synthetic import COLOURS, MOTIONS, SHAPES, _plan, canonical_caption, generate
+from gare.data.synthetic import ACTIONS, COLOURS, MOTIONS, SHAPES, _plan, canonical_caption, generate
 from gare.data.synthetic import DEFAULTS as SYNTH_DEFAULTS
 from gare.data.video import sample_frames
 
@@ -31,6 +31,46 @@ def _rows(path):
 
 
 # ------------------------------------------------------------------------------------------- structure
+def _full_frame_render(desc, render_seed, *, size=112, fps=8, duration=4.0, textured_fraction=0.5):
+    """The plain form of ``render``'s pixels: every object blended over the whole frame."""
+    from gare.data import synthetic as S
+
+    rng = np.random.default_rng(render_seed)
+    bg, _ = S._background(rng, size, bool(rng.random() < textured_fraction))
+    n = int(round(fps * duration))
+    tracks = S._trajectory(desc, rng, size, duration, np.arange(n) / fps)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    frames = np.empty((n, size, size, 3), dtype=np.uint8)
+    for t in range(n):
+        img = bg.copy()
+        for (c_s, (x, y, r, vis)) in zip(desc[0], tracks):
+            if vis[t] > 0:
+                sdf = S._sdf(c_s[1], xx - x[t], yy - y[t], float(r[t]))
+                alpha = (np.clip(0.5 - sdf, 0.0, 1.0) * vis[t])[..., None]
+                img = img * (1 - alpha) + np.array(S.COLOURS[c_s[0]], dtype=np.float32) * alpha
+        frames[t] = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+    return frames
+
+
+def test_render_windows_equal_full_frame_blending(plan1000):
+    """render blends each shape only in a window around it: the frames equal blending over the whole frame,
+    bit for bit, for every shape and action (and both frame sizes the tests and the demo use)."""
+    from gare.data.synthetic import render
+
+    picked, seen = [], set()
+    for v in plan1000:
+        key = ({s for _c, s in v["desc"][0]}, {a for _o, a in v["desc"][1]}, len(v["desc"][0]))
+        new = {("s", s) for s in key[0]} | {("a", a) for a in key[1]} | {("n", key[2])}
+        if not new <= seen or len(picked) < 12:
+            picked.append(v)
+            seen |= new
+    assert {x for k, x in seen if k == "s"} == set(SHAPES) and {x for k, x in seen if k == "a"} == set(ACTIONS)
+    for v in picked:
+        for size in (112, 64):
+            frames, _ = render(v["desc"], v["render_seed"], size=size)
+            np.testing.assert_array_equal(frames, _full_frame_render(v["desc"], v["render_seed"], size=size))
+
+
 def test_split_sizes_and_loader_roundtrip(synth20):
     rows = _rows(synth20)
     assert Counter(r["split"] for r in rows) == {"train": 14, "val": 2, "test": 4}

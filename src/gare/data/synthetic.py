@@ -437,9 +437,18 @@ def render(desc, render_seed, *, size: int = 112, fps: int = 8, duration: float 
         for (c_s, (x, y, r, vis)), col in zip(zip(objects, tracks), cols):
             if vis[t] <= 0:
                 continue
-            sdf = _sdf(c_s[1], xx - x[t], yy - y[t], float(r[t]))
+            # Only the window around the shape is blended: beyond its outer radius + 2 px the signed distance
+            # is >= 0.5, so alpha is exactly 0 and the blend would give every other pixel back unchanged.
+            rt = float(r[t])
+            reach = _OUTER_RADIUS[c_s[1]] * rt + 2.0
+            c0, c1 = max(0, math.floor(x[t] - reach - 1)), min(size, math.ceil(x[t] + reach) + 1)
+            r0, r1 = max(0, math.floor(y[t] - reach - 1)), min(size, math.ceil(y[t] + reach) + 1)
+            if c0 >= c1 or r0 >= r1:
+                continue
+            sdf = _sdf(c_s[1], xx[r0:r1, c0:c1] - x[t], yy[r0:r1, c0:c1] - y[t], rt)
             alpha = (np.clip(0.5 - sdf, 0.0, 1.0) * vis[t])[..., None]
-            img = img * (1 - alpha) + col * alpha
+            img = img.astype(np.result_type(img, alpha, col), copy=False)  # the dtype the full blend had
+            img[r0:r1, c0:c1] = img[r0:r1, c0:c1] * (1 - alpha) + col * alpha
         frames[t] = np.clip(img + 0.5, 0, 255).astype(np.uint8)
     info["tracks"] = [{"x": [round(float(v), 1) for v in x[[0, -1]]], "y": [round(float(v), 1) for v in y[[0, -1]]],
                        "r": [round(float(v), 1) for v in r[[0, -1]]]} for x, y, r, _ in tracks]
