@@ -3,6 +3,8 @@
     python benchmarks/bench_search.py [--videos 100000] [--queries 100] [--two-stage-videos 1000000]
                                       [--bases-store 20000] [--json docs/results/bench_search.json]
     gare bench search --json docs/results/bench_search.json
+    python benchmarks/bench_search.py --only-recall --videos 1000000 --queries 50 --setups init --ivf-recall \
+                                      --json docs/results/bench_search_1m.json   # recall alone, at 10^6
 
 Generated features (no trained model): a random small GARE scorer at ViT-B/32 sizes (D = 512, F = 12 frames,
 psi with 1 head and 1 layer) in two settings, ``init`` (psi at its initialization: small Delta, as at the
@@ -13,7 +15,10 @@ video's content (bench_scorer.features, generated chunk by chunk so that 10^5 vi
 1. **First-stage recall.** For ``--queries`` queries over ``--videos`` videos: the exact GARE top 10 (every
    video scored from its bases, built chunk by chunk) and, for K from 10 to 4096, the fraction of it inside the
    top K of (a) the mean-vector first stage cos(t, vbar) (today's) and (b) the frame-level first stage
-   max_j cos(t, f_j) (what FAISS on frame vectors returns after merging a video's frames).
+   max_j cos(t, f_j) (what FAISS on frame vectors returns after merging a video's frames); with
+   ``--ivf-recall``, also (c) FAISS IVF-Flat on the vbar vectors at the engine's nlist. ``--only-recall``
+   measures this part alone (``--setups`` picks the scorer settings) into its own results file; it streams
+   the videos, so 10^6 of them need O(Q N) memory (about 1 GB at 50 queries, 3 GB more with IVF).
 2. **float16 bases.** Top-10 agreement and largest score difference of float16 rows vs float32 bases.
 3. **Two-stage latency over ``--two-stage-videos`` videos**, without the text encoder: FAISS first stage on
    that many vbar vectors (flat, and IVF), then the exact rerank of the top K candidates from a
@@ -44,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_common_args, machine, setup  # noqa: E402
 from bench_scorer import trained_like  # noqa: E402
 from gare.config import PsiConfig, ScorerConfig  # noqa: E402
+from gare.io import atomic_write  # noqa: E402
 from gare.model.fast_scorer import build_gallery, gallery_similarity  # noqa: E402
 from gare.model.gallery import VideoGallery  # noqa: E402
 from gare.model.scorer import PairScorer  # noqa: E402
@@ -73,6 +79,15 @@ def content(n: int, dim: int, seed: int) -> torch.Tensor:
     return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
 
 
+def content_chunks(n: int, dim: int, seed: int, chunk: int):
+    """``content(n, dim, seed)`` cut into ``(start, rows)`` chunks of ``chunk`` videos, drawn one chunk at a
+    time from the same generator (the same numbers: torch's CPU normal sampler is sequential), so 10^6 content
+    vectors never sit in memory at once."""
+    g = torch.Generator().manual_seed(seed)
+    for s in range(0, n, chunk):
+        yield s, torch.randn(min(chunk, n - s), dim, generator=g)
+
+
 def chunk_frames(base: torch.Tensor, frames: int, seed: int) -> torch.Tensor:
     """Videos ``[n, F, D]`` around their content vectors (bench_scorer.features' recipe)."""
     g = torch.Generator().manual_seed(seed)
@@ -87,24 +102,106 @@ def queries(base: torch.Tensor, n_q: int, seed: int) -> torch.Tensor:
     return (base[src] + torch.randn(n_q, base.shape[1], generator=g)) * scale
 
 
+def streamed_queries(n: int, dim: int, content_seed: int, n_q: int, seed: int, chunk: int) -> torch.Tensor:
+    """``queries(content(n, dim, content_seed), n_q, seed)`` without holding the ``n`` content vectors: one
+    pass over the content chunks picks the queries' source rows."""
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(0, n, (n_q,), generator=g)
+    rows = torch.empty(n_q, dim)
+    for s, base in content_chunks(n, dim, content_seed, chunk):
+        hit = (src >= s) & (src < s + base.shape[0])
+        rows[hit] = base[src[hit] - s]
+    scale = 10.0 / dim ** 0.5
+    return (rows + torch.randn(n_q, dim, generator=g)) * scale
+
+
+def ranks_of(first: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """0-based rank, in each row of the first-stage scores ``first [Q, N]``, of the videos ``ids [Q, k]``: how
+    many videos score strictly higher (the rank a descending sort gives, ties aside). One row at a time, so the
+    memory stays O(k N) booleans instead of the O(Q N) integers of a full argsort."""
+    out = torch.empty_like(ids)
+    for q in range(first.shape[0]):
+        vals = first[q, ids[q]]  # [k]
+        out[q] = (first[q][None, :] > vals[:, None]).sum(1)
+    return out
+
+
+def curve(r10: torch.Tensor, N: int) -> dict:
+    """Recall of the exact top 10 at every K of ``KS`` from the first-stage ranks ``r10 [Q, 10]``."""
+    cur = {str(k): float((r10 < k).float().mean()) for k in KS if k <= N}
+    cur["K_for_all_top10_median"] = int(r10.amax(1).median()) + 1
+    cur["K_for_all_top10_p90"] = int(torch.quantile(r10.amax(1).float(), 0.9)) + 1
+    return cur
+
+
+def engine_nlist(n: int) -> int:
+    """The IVF list count ``gare search`` uses at ``n`` videos (gare.search.search: round(4 sqrt(N)))."""
+    return max(1, min(int(round(4 * n ** 0.5)), n))
+
+
+def ivf_recall(xb: np.ndarray, tn: np.ndarray, top10: torch.Tensor, nlist: int, nprobes: list[int],
+               train_per_list: int) -> dict:
+    """Recall of the exact top 10 ``top10 [Q, 10]`` in the top K of a FAISS IVF-Flat first stage over the
+    normalized vbar vectors ``xb [N, D]`` (queries ``tn [Q, D]``), built as the engine builds it, except that
+    k-means trains on a sample of ``train_per_list`` vectors per list (FAISS's own subsampling); one index,
+    searched at each of ``nprobes``."""
+    import faiss  # lazy on purpose: only this part needs FAISS
+
+    faiss.omp_set_num_threads(1)
+    N, D = xb.shape
+    Q = tn.shape[0]
+    kmax = min(max(KS), N)
+    with Clock() as cb:
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(D), D, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.max_points_per_centroid = train_per_list
+        index.train(xb)
+        index.add(xb)
+    _, lists = index.quantizer.search(xb[top10.reshape(-1).numpy()], 1)  # the list of each exact top-10 video
+    res = {"nlist": nlist, "train_points_per_list": train_per_list, "train_sample": min(N, train_per_list * nlist),
+           "build_s": {"wall": cb.wall, "cpu": cb.cpu}, "nprobe": {}}
+    for nprobe in nprobes:
+        index.nprobe = min(nprobe, nlist)
+        with Clock() as cs:
+            _, ids = index.search(tn, kmax)  # [Q, kmax], -1 past the probed lists' contents
+        # rank of each exact top-10 video in the IVF result; kmax (never inside any measured K) when absent
+        r10 = torch.full((Q, 10), kmax, dtype=torch.long)
+        for q in range(Q):
+            where = {int(v): i for i, v in enumerate(ids[q]) if v >= 0}
+            r10[q] = torch.tensor([where.get(int(v), kmax) for v in top10[q]])
+        # the ceiling: the share of the exact top 10 lying in the probed lists at all (the recall as K grows)
+        _, probed = index.quantizer.search(tn, index.nprobe)
+        inside = [int(lists[q * 10 + j, 0]) in set(probed[q].tolist()) for q in range(Q) for j in range(10)]
+        res["nprobe"][str(index.nprobe)] = {
+            "recall_of_exact_top10": {str(k): float((r10 < k).float().mean()) for k in KS if k <= kmax},
+            "in_probed_lists": float(np.mean(inside)), "search_s": {"wall": cs.wall, "cpu": cs.cpu}}
+    del index
+    return res
+
+
 def recall_curves(args, scs: dict[str, PairScorer]) -> dict:
-    """Exact GARE top 10 vs the two first stages, as a function of K."""
+    """Exact GARE top 10 vs the first stages, as a function of K.
+
+    Streams the videos chunk by chunk (content, frames and bases never held for the whole collection); what
+    stays in memory is O(Q N): the [Q, N] score matrices (mean vector, frame max, exact per setup), plus the
+    N normalized vbar vectors when ``--ivf-recall`` asks for the IVF-Flat first stage."""
     N, D, F, Q = args.videos, args.dim, args.frames, args.queries
-    base = content(N, D, args.seed)
-    t = queries(base, Q, args.seed + 1)
+    chunk = args.chunk
+    t = streamed_queries(N, D, args.seed, Q, args.seed + 1, chunk)
     tn = torch.nn.functional.normalize(t, dim=-1)
     mean_cos = torch.empty(Q, N)
     frame_cos = torch.empty(Q, N)
     exact = {name: torch.empty(Q, N) for name in scs}
+    xb = np.empty((N, D), dtype=np.float32) if args.ivf_recall else None
     build = {name: [0.0, 0.0] for name in scs}
     score = {name: [0.0, 0.0] for name in scs}
     f16 = {name: {"top10_agreement": [], "max_abs_diff": 0.0} for name in scs}
-    chunk = args.chunk
     with Clock() as total:
-        for c, s in enumerate(range(0, N, chunk)):
-            f = chunk_frames(base[s:s + chunk], F, args.seed + 100 + c)  # [n, F, D]
+        for c, (s, base) in enumerate(content_chunks(N, D, args.seed, chunk)):
+            f = chunk_frames(base, F, args.seed + 100 + c)  # [n, F, D]
             vbar = torch.nn.functional.normalize(f.mean(1), dim=-1)
             mean_cos[:, s:s + chunk] = tn @ vbar.T
+            if xb is not None:
+                xb[s:s + f.shape[0]] = vbar.numpy()
             fnorm = torch.nn.functional.normalize(f, dim=-1)
             frame_cos[:, s:s + chunk] = torch.einsum("qd,nfd->qnf", tn, fnorm).amax(-1)
             for name, sc in scs.items():
@@ -130,15 +227,8 @@ def recall_curves(args, scs: dict[str, PairScorer]) -> dict:
     out = {"videos": N, "queries": Q, "ks": list(KS), "setups": {}}
     for name in scs:
         top10 = exact[name].topk(10, dim=1).indices  # [Q, 10]
-        curves = {}
-        for stage, first in (("mean_vector", mean_cos), ("frame_max", frame_cos)):
-            rank = first.argsort(dim=1, descending=True)
-            pos = torch.empty_like(rank)
-            pos.scatter_(1, rank, torch.arange(N).expand(Q, N).contiguous())  # rank of every video
-            r10 = pos.gather(1, top10)  # [Q, 10] first-stage rank of each exact top-10 video
-            curves[stage] = {str(k): float((r10 < k).float().mean()) for k in KS if k <= N}
-            curves[stage]["K_for_all_top10_median"] = int(r10.amax(1).median()) + 1
-            curves[stage]["K_for_all_top10_p90"] = int(torch.quantile(r10.amax(1).float(), 0.9)) + 1
+        curves = {stage: curve(ranks_of(first, top10), N)
+                  for stage, first in (("mean_vector", mean_cos), ("frame_max", frame_cos))}
         out["setups"][name] = {
             "recall_of_exact_top10": curves,
             "build_bases_s": {"wall": build[name][0], "cpu": build[name][1],
@@ -149,6 +239,18 @@ def recall_curves(args, scs: dict[str, PairScorer]) -> dict:
             "float16_bases": f16[name],
         }
     out["wall_s"], out["cpu_s"] = total.wall, total.cpu
+    if xb is not None:
+        del mean_cos, frame_cos
+        nlists = args.recall_nlist or [engine_nlist(N)]
+        for name in scs:
+            top10 = exact[name].topk(10, dim=1).indices
+            out["setups"][name]["ivf_flat"] = {
+                str(nl): ivf_recall(xb, tn.numpy(), top10, nl, args.recall_nprobe or [args.nprobe],
+                                    args.ivf_train_per_list)
+                for nl in nlists}
+        out["ivf_note"] = ("FAISS IndexIVFFlat on the N normalized vbar vectors, inner product, as gare.search "
+                           "builds it (nlist = round(4 sqrt(N)) unless listed otherwise; the engine's nprobe is 32); "
+                           "k-means on FAISS's sample of train_points_per_list x nlist vectors")
     return out
 
 
@@ -316,6 +418,39 @@ def decode_cost(path: Path) -> float | None:
     return None
 
 
+def only_recall(args, argv) -> int:
+    """``--only-recall``: the recall curves alone, written to their own results file."""
+    from gare.search.search import DEFAULT_RERANK_K
+
+    out = {"command": "python benchmarks/bench_search.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+           "load_average_start": list(os.getloadavg()), "threads": torch.get_num_threads(),
+           "model": f"random GARE scorer, D={args.dim}, F={args.frames}, psi 1 head 1 layer (generated features)",
+           "default_K": DEFAULT_RERANK_K}
+    c0, w0 = time.process_time(), time.perf_counter()
+    scs = {name: sc for name, sc in scorers(args.dim).items() if name in args.setups}
+    print(f"recall of the exact top 10 over {args.videos} videos on {out['machine']}", flush=True)
+    out["recall"] = recall_curves(args, scs)
+    K = DEFAULT_RERANK_K
+    for name, s in out["recall"]["setups"].items():
+        cur = s["recall_of_exact_top10"]
+        line = (f"[{name}] recall of the exact top 10 at K={K}: mean vector {cur['mean_vector'].get(str(K))}, "
+                f"frame max {cur['frame_max'].get(str(K))}")
+        for nl, ivf in s.get("ivf_flat", {}).items():
+            for npr, r in ivf["nprobe"].items():
+                line += (f", IVF-Flat nlist {nl} nprobe {npr} {r['recall_of_exact_top10'].get(str(K))}"
+                         f" (in probed lists {r['in_probed_lists']:.3f})")
+        print(line, flush=True)
+    out["wall_s"], out["cpu_s"] = time.perf_counter() - w0, time.process_time() - c0
+    out["load_average_end"] = list(os.getloadavg())
+    print(f"total {out['wall_s']:.0f} s wall, {out['cpu_s']:.0f} s CPU", flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(Path(args.json), json.dumps(out, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--videos", type=int, default=100_000, help="collection size of the recall curves")
@@ -334,6 +469,20 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--progress", action="store_true")
     add_common_args(ap)
+    ap.add_argument("--setups", nargs="+", choices=("init", "random"), default=["init", "random"],
+                    help="scorer settings of the recall curves (a full run always adds random: its two-stage latency "
+                         "and scale model use it)")
+    ap.add_argument("--only-recall", action="store_true",
+                    help="measure only the recall curves (no two-stage, encoding or scale model) and write them "
+                         "to --json (a separate file: e.g. docs/results/bench_search_1m.json at 10^6 videos)")
+    ap.add_argument("--ivf-recall", action="store_true",
+                    help="also measure the recall of the FAISS IVF-Flat first stage (keeps N vbar vectors in RAM)")
+    ap.add_argument("--recall-nlist", type=int, nargs="+", default=None,
+                    help="IVF list counts of --ivf-recall (default: the engine's, round(4 sqrt(N)))")
+    ap.add_argument("--recall-nprobe", type=int, nargs="+", default=None,
+                    help="IVF lists visited per query in --ivf-recall (default: --nprobe, 32 as the engine)")
+    ap.add_argument("--ivf-train-per-list", type=int, default=64,
+                    help="k-means sample of --ivf-recall, vectors per list (FAISS default 256)")
     ap.add_argument("--only-two-stage", action="store_true",
                     help="measure only the two-stage latency (and the scale model) and update --json in place")
     ap.add_argument("--scale-only", default=None, metavar="JSON",
@@ -364,6 +513,8 @@ def main(argv=None) -> int:
         print(f"two-stage over {ts['videos']} videos, K={K}: flat p50 {ts['flat']['p50_ms']:.1f} ms, "
               f"ivf p50 {ts['ivf']['p50_ms']:.1f} ms (without the text encoder)")
         return 0
+    if args.only_recall:
+        return only_recall(args, argv)
     out = {"command": "python benchmarks/bench_search.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
            "load_average_start": list(os.getloadavg()), "threads": torch.get_num_threads(),
@@ -371,7 +522,7 @@ def main(argv=None) -> int:
            "default_K": DEFAULT_RERANK_K}
     c0 = time.process_time()
     w0 = time.perf_counter()
-    scs = scorers(args.dim)
+    scs = {name: sc for name, sc in scorers(args.dim).items() if name in args.setups or name == "random"}
     print(f"search benchmark on {out['machine']}", flush=True)
     out["recall"] = recall_curves(args, scs)
     for name, s in out["recall"]["setups"].items():

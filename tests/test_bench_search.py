@@ -76,3 +76,57 @@ def test_docs_quote_the_committed_results():
     assert "| build, GPU-hours (decode-bound, 53 videos/s per GPU) | " + " | ".join(
         f"{tiers[n]['build_gpu_hours']:.1f}" if tiers[n]["build_gpu_hours"] < 10 else
         f"{tiers[n]['build_gpu_hours']:.0f}" for n in tiers) + " |" in scale
+
+
+def _bench():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_search
+    finally:
+        sys.path.remove(str(BENCH))
+    return bench_search
+
+
+def test_streamed_generation_and_ranks_equal_the_in_memory_ones():
+    """The streamed recipe of the 10^6 recall run draws the same videos and queries as the in-memory one, and
+    the row-by-row ranks equal those of a full argsort (fast)."""
+    import torch
+
+    bs = _bench()
+    N, D = 1300, 16
+    full = bs.content(N, D, 5)
+    streamed = torch.cat([rows for _, rows in bs.content_chunks(N, D, 5, 400)])
+    assert torch.equal(streamed, full)
+    assert torch.equal(bs.streamed_queries(N, D, 5, 9, 6, 400), bs.queries(full, 9, 6))
+    first = torch.randn(4, N, generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, N, (4, 10), generator=torch.Generator().manual_seed(1))
+    rank = first.argsort(dim=1, descending=True)
+    pos = torch.empty_like(rank)
+    pos.scatter_(1, rank, torch.arange(N).expand(4, N).contiguous())
+    assert torch.equal(bs.ranks_of(first, ids), pos.gather(1, ids))
+    assert bs.engine_nlist(10**6) == 4000 and bs.engine_nlist(3) == 3
+
+
+def test_only_recall_with_ivf(tmp_path):
+    """``--only-recall --ivf-recall``: one setup, its own results file. With every list probed IVF-Flat is the
+    exact flat mean-vector search; otherwise it keeps whatever of the flat top K lies in the probed lists, and
+    never more than those lists hold (~5 s)."""
+    bs = _bench()
+    out = tmp_path / "recall.json"
+    N = 3000
+    assert bs.main(["--only-recall", "--videos", str(N), "--queries", "6", "--setups", "init", "--chunk", "1000",
+                    "--ivf-recall", "--recall-nlist", "8", "219", "--recall-nprobe", "8", "40", "--json",
+                    str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert "two_stage" not in res and "scale" not in res and list(res["recall"]["setups"]) == ["init"]
+    init = res["recall"]["setups"]["init"]
+    flat = init["recall_of_exact_top10"]["mean_vector"]
+    all_lists = init["ivf_flat"]["8"]["nprobe"]
+    assert list(all_lists) == ["8"] and all_lists["8"]["in_probed_lists"] == 1.0  # nprobe capped at nlist
+    some = init["ivf_flat"]["219"]["nprobe"]
+    for k, r in all_lists["8"]["recall_of_exact_top10"].items():
+        assert r == pytest.approx(flat[k]), k  # every list probed: IVF-Flat is the exact flat search
+    for r in some.values():
+        for k, rk in r["recall_of_exact_top10"].items():
+            assert flat[k] + r["in_probed_lists"] - 1 - 1e-6 <= rk <= r["in_probed_lists"] + 1e-6, k
+    assert some["8"]["in_probed_lists"] < some["40"]["in_probed_lists"] < 1
