@@ -18,7 +18,8 @@ video's content (bench_scorer.features, generated chunk by chunk so that 10^5 vi
    max_j cos(t, f_j) (what FAISS on frame vectors returns after merging a video's frames); with
    ``--ivf-recall``, also (c) FAISS IVF-Flat on the vbar vectors at the engine's nlist. ``--only-recall``
    measures this part alone (``--setups`` picks the scorer settings) into its own results file; it streams
-   the videos, so 10^6 of them need O(Q N) memory (about 1 GB at 50 queries, 3 GB more with IVF).
+   the videos, so 10^6 of them need O(Q N) memory: three [Q, N] float32 score matrices, plus, with IVF, the N
+   vbar vectors and the index's copy of them (4 GB at 10^6); the results record the peak resident memory.
 2. **float16 bases.** Top-10 agreement and largest score difference of float16 rows vs float32 bases.
 3. **Two-stage latency over ``--two-stage-videos`` videos**, without the text encoder: FAISS first stage on
    that many vbar vectors (flat, and IVF), then the exact rerank of the top K candidates from a
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -443,6 +445,7 @@ def only_recall(args, argv) -> int:
         print(line, flush=True)
     out["wall_s"], out["cpu_s"] = time.perf_counter() - w0, time.process_time() - c0
     out["load_average_end"] = list(os.getloadavg())
+    out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB
     print(f"total {out['wall_s']:.0f} s wall, {out['cpu_s']:.0f} s CPU", flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -130,3 +130,69 @@ def test_only_recall_with_ivf(tmp_path):
         for k, rk in r["recall_of_exact_top10"].items():
             assert flat[k] + r["in_probed_lists"] - 1 - 1e-6 <= rk <= r["in_probed_lists"] + 1e-6, k
     assert some["8"]["in_probed_lists"] < some["40"]["in_probed_lists"] < 1
+
+
+def test_docs_quote_the_committed_recall_at_one_million():
+    """docs/scale.md, docs/performance.md and README.md quote docs/results/bench_search_1m.json and
+    bench_search_ivf_1e5.json (fast)."""
+    root = Path(__file__).resolve().parents[1]
+    results = root / "docs" / "results"
+    m = json.loads((results / "bench_search_1m.json").read_text())
+    e5 = json.loads((results / "bench_search_ivf_1e5.json").read_text())
+    old = json.loads((results / "bench_search.json").read_text())
+    scale = (root / "docs" / "scale.md").read_text()
+    perf = " ".join((root / "docs" / "performance.md").read_text().split())
+    readme = (root / "README.md").read_text()
+    from gare.search.search import DEFAULT_RERANK_K
+
+    K = str(DEFAULT_RERANK_K)
+    assert m["recall"]["videos"] == 10**6 and m["recall"]["queries"] == 50 and m["default_K"] == DEFAULT_RERANK_K
+    assert e5["recall"]["videos"] == 10**5
+    # the streamed --only-recall reproduces the in-memory run's curves exactly at 10^5
+    assert (e5["recall"]["setups"]["init"]["recall_of_exact_top10"]
+            == old["recall"]["setups"]["init"]["recall_of_exact_top10"])
+    one = m["recall"]["setups"]["init"]
+    cur_m, cur_5 = one["recall_of_exact_top10"], old["recall"]["setups"]["init"]["recall_of_exact_top10"]
+    for k in ("10", "64", "256", "512", "1024", "2048", "4096"):
+        row = [f"{cur_5['mean_vector'][k]:.3f}", f"{cur_m['mean_vector'][k]:.3f}", f"{cur_5['frame_max'][k]:.3f}",
+               f"{cur_m['frame_max'][k]:.3f}"]
+        if k == K:
+            row, k = [f"**{x}**" for x in row], f"**{k}**"
+        assert f"| {k} | " + " | ".join(row) + " |" in scale, k
+    assert ("| K holding the whole top 10, median / p90 | " + " | ".join(
+        f"{c['K_for_all_top10_median']:,} / {c['K_for_all_top10_p90']:,}"
+        for c in (cur_5["mean_vector"], cur_m["mean_vector"], cur_5["frame_max"], cur_m["frame_max"])) + " |"
+            in scale)
+    mv, fm = cur_m["mean_vector"], cur_m["frame_max"]
+    assert f"keeps {100 * mv[K]:.1f}% of the exact top 10 over 10^6 videos" in scale
+    assert f"the frame-max first stage {100 * fm[K]:.1f}%" in scale
+    assert mv["2048"] < 0.93 <= mv["4096"] and f"(mean vector {mv['4096']:.3f}; frame max {fm['2048']:.3f} at 2048" \
+        in scale
+    assert (f"K = 256 / 1024 / 4096: mean vector {mv['256']:.3f} / {mv[K]:.3f} / {mv['4096']:.3f}, frame max "
+            f"{fm['256']:.3f} / {fm[K]:.3f} / {fm['4096']:.3f}") in perf
+    assert f"{m['wall_s']:.0f} s wall / {m['cpu_s']:.0f} s CPU" in perf and m["command"] in perf.replace(
+        "nice -n 5 ", "")
+    assert f"{m['wall_s']:.0f} s wall / {m['cpu_s']:.0f} s CPU and {e5['wall_s']:.0f} s wall / " \
+           f"{e5['cpu_s']:.0f} s CPU" in " ".join(scale.split())
+    # the IVF-Flat table: recall at the default K (in brackets: the share of the top 10 in the probed lists)
+    for res, n in ((e5, "10^5"), (m, "10^6")):
+        flat = res["recall"]["setups"]["init"]["recall_of_exact_top10"]["mean_vector"][K]
+        for nlist, ivf in res["recall"]["setups"]["init"]["ivf_flat"].items():
+            cells = [f"{r['recall_of_exact_top10'][K]:.3f} ({r['in_probed_lists']:.3f})"
+                     for r in ivf["nprobe"].values()]
+            line = next(x for x in scale.splitlines() if x.startswith(f"| {n} | {int(nlist):,}"))
+            assert line.replace("**", "").endswith(" | ".join(cells) + f" | {flat:.3f} |"), line
+    ivf_m = one["ivf_flat"]
+    e = f"{100 * ivf_m['4000']['nprobe']['32']['recall_of_exact_top10'][K]:.1f}%"
+    e5_ivf = e5["recall"]["setups"]["init"]["ivf_flat"]["1265"]["nprobe"]["32"]["recall_of_exact_top10"][K]
+    assert f"{e} kept at 10^6 and {100 * e5_ivf:.1f}% at 10^5" in " ".join(scale.split())
+    assert f"{100 * ivf_m['1024']['nprobe']['32']['recall_of_exact_top10'][K]:.1f}% of it at K = 1024 on these " \
+        f"generated features (the flat first stage {100 * mv[K]:.1f}%)" in " ".join(scale.split())
+    assert f"K = 1024 keeps {100 * mv[K]:.0f}% (mean vector)" in " ".join(scale.split())
+    assert f"keeps only {100 * ivf_m['4000']['nprobe']['32']['recall_of_exact_top10'][K]:.0f}% of the exact " \
+        "top 10 at 10^6" in " ".join(scale.split())
+    assert f"only {e} of it at K = 1024" in perf and f"({100 * e5_ivf:.1f}% at 10^5, nlist 1,265;" in perf
+    assert (f"| {mv[K]:.3f} flat mean vector ({cur_5['mean_vector'][K]:.3f} at 10^5); IVF "
+            f"{ivf_m['1024']['nprobe']['32']['recall_of_exact_top10'][K]:.3f} at the row above's nlist 1024, nprobe "
+            f"32, {ivf_m['4000']['nprobe']['32']['recall_of_exact_top10'][K]:.3f} at the engine's nlist 4,000") \
+        in readme
