@@ -10,6 +10,7 @@ import sys
 
 import torch
 
+from .first_stage import DEFAULT_NPROBE, DEFAULT_REFINE, FIRST_STAGES, IVF_MIN_VIDEOS
 from .index import build_index
 from .search import DEFAULT_RERANK_K, MAX_K, SearchEngine, validate_k, validate_query
 
@@ -30,7 +31,8 @@ def cmd_index(a) -> int:
         report = build_index(a.video_dir, a.model, a.out, update=a.update, framerate=a.framerate,
                              max_frames=a.max_frames, decoder=a.decoder, dtype=a.dtype, batch_size=a.batch_size,
                              workers=a.workers, device=_device(a.device), flush_every=a.flush_every,
-                             follow_symlinks=a.follow_symlinks, progress=not a.no_progress)
+                             follow_symlinks=a.follow_symlinks, first_stage=a.first_stage,
+                             progress=not a.no_progress)
     except ValueError as e:  # SearchIndexError, IndexMismatchError, bad options
         return _fail(str(e))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: rank 0 merged and reports for everyone
@@ -46,7 +48,7 @@ def _open(a):
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader logs every CPU-feature probe at INFO
 
     return SearchEngine.open(a.index, model=a.model, device=_device(a.device), rerank_k=a.rerank_k,
-                             first_stage=a.first_stage, nprobe=a.nprobe, root=a.root)
+                             first_stage=a.first_stage, nprobe=a.nprobe, refine=a.refine, root=a.root)
 
 
 def cmd_search(a) -> int:
@@ -85,9 +87,13 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     p.add_argument("--rerank-k", type=int, default=DEFAULT_RERANK_K,
                    help=f"first-stage candidates reranked with GARE (default {DEFAULT_RERANK_K})")
-    p.add_argument("--first-stage", choices=["auto", "flat", "ivf"], default="auto",
-                   help="FAISS first stage: exact flat, IVF for large collections, or auto (IVF from 50,000 videos)")
-    p.add_argument("--nprobe", type=int, default=None, help="IVF lists visited per query (default 32)")
+    p.add_argument("--first-stage", choices=list(FIRST_STAGES), default="auto",
+                   help="FAISS first stage: exact flat, ivf (IVF-Flat) for large collections, ivfpq (IVF-PQ, "
+                        f"compressed) for archives, or auto (ivf from {IVF_MIN_VIDEOS:,} videos); a trained one "
+                        "stored in the index folder is loaded, else built and stored")
+    p.add_argument("--nprobe", type=int, default=None, help=f"IVF lists visited per query (default {DEFAULT_NPROBE})")
+    p.add_argument("--refine", type=int, default=None,
+                   help=f"ivfpq: re-order its top REFINE x K by the exact cosine (default {DEFAULT_REFINE}; 0: off)")
     p.add_argument("--root", default=None, help="where the indexed folder is now, if it moved since indexing")
 
 
@@ -113,6 +119,9 @@ def add_search_commands(sub) -> None:
     i.add_argument("--device", default="auto", help="cpu, cuda or auto")
     i.add_argument("--follow-symlinks", action="store_true",
                    help="also index files that symbolic links lead to outside VIDEO_DIR (default: skip them)")
+    i.add_argument("--first-stage", choices=["auto", "ivf", "ivfpq", "none"], default="auto",
+                   help="trained FAISS first stage stored for search at the end (auto: ivf from "
+                        f"{IVF_MIN_VIDEOS:,} videos, else none); search loads it instead of training it")
     i.add_argument("--no-progress", action="store_true", help="no progress bar")
     i.add_argument("--json", action="store_true", help="print the report as JSON")
     i.set_defaults(func=cmd_index)

@@ -37,6 +37,8 @@ from ..model import fast_scorer
 from ..model.checkpoint import resolve_checkpoint
 from ..model.gallery import VideoGallery
 from ..pipeline import load_run_model
+from .first_stage import FIRST_STAGES, full_key, load_stored, prune, resolve, rows_key, sample_positions, store
+from .first_stage import build as build_first_stage
 from .media import DecodedVideo, decode_video
 from .store import (
     DB_NAME,
@@ -58,6 +60,8 @@ from .store import (
     compact,
     connect,
     file_sha256,
+    gather,
+    gather_rows,
     index_command,
     merge_staged,
     read_meta,
@@ -81,12 +85,15 @@ class IndexReport:
     damaged: list[dict] = field(default_factory=list)  # {"path", "kind", "reason"}
     outside: list[str] = field(default_factory=list)  # symbolic links out of the folder, not followed
     new_damaged: int = 0
+    first_stage: str | None = None  # the trained first stage stored for search, and whether it was (re)built
     seconds: float = 0.0
 
     def summary(self) -> str:
         lines = [f"index {self.index_dir}: {self.total} videos searchable; {self.added} added, "
                  f"{self.unchanged} unchanged, {self.removed} removed, {len(self.damaged)} damaged "
                  f"({self.new_damaged} new) in {self.seconds:.1f} s"]
+        if self.first_stage:
+            lines.append(f"first stage for search: {self.first_stage}")
         if self.damaged:
             lines.append(f"damaged files ({len(self.damaged)}, not indexed):")
             lines += [f"  {d['path']}: [{d['kind']}] {d['reason']}" for d in self.damaged]
@@ -193,7 +200,7 @@ def build_index(video_dir: str | os.PathLike, model: str | os.PathLike, out: str
                 update: bool = False, framerate: float | None = None, max_frames: int | None = None,
                 decoder: str | None = None, dtype: str = "float32", batch_size: int = 16, workers: int = 2,
                 device: str = "cpu", flush_every: int = 256, thumb_frames: int = 6, thumb_height: int = 96,
-                follow_symlinks: bool = False, progress: bool = False) -> IndexReport:
+                follow_symlinks: bool = False, first_stage: str = "auto", progress: bool = False) -> IndexReport:
     """Index (or resume / update the index of) every video file under ``video_dir``.
 
     Under ``torchrun --nproc_per_node=N [--nnodes=M ...]`` every process runs this same call: rank 0 plans
@@ -218,6 +225,9 @@ def build_index(video_dir: str | os.PathLike, model: str | os.PathLike, out: str
         follow_symlinks: also index files that symbolic links lead to outside ``video_dir`` (and enter linked
             folders). Off by default: a link out of the folder is listed in the report and skipped, and
             ``gare serve`` refuses to serve a file whose real path has left the folder since indexing.
+        first_stage: the trained FAISS first stage to store for search when the rows changed
+            (:mod:`gare.search.first_stage`): "auto" (IVF-Flat from ``IVF_MIN_VIDEOS`` videos, else none),
+            "ivf", "ivfpq", or "none"/"flat" (store none). Search loads it instead of training it at every open.
         progress: show a progress bar on stderr (rank 0 only).
 
     Returns:
@@ -232,7 +242,8 @@ def build_index(video_dir: str | os.PathLike, model: str | os.PathLike, out: str
         return _build(ranks, video_dir, model, out, update=update, framerate=framerate, max_frames=max_frames,
                       decoder=decoder, dtype=dtype, batch_size=batch_size, workers=workers,
                       device=_rank_device(device, ranks), flush_every=flush_every, thumb_frames=thumb_frames,
-                      thumb_height=thumb_height, follow_symlinks=follow_symlinks, progress=progress)
+                      thumb_height=thumb_height, follow_symlinks=follow_symlinks, first_stage=first_stage,
+                      progress=progress)
     finally:
         if ranks.owns_group:
             dist.destroy_process_group()
@@ -249,7 +260,7 @@ class _Plan:
 
 def _build(ranks: Ranks, video_dir, model, out, *, update: bool, framerate, max_frames, decoder, dtype: str,
            batch_size: int, workers: int, device: str, flush_every: int, thumb_frames: int, thumb_height: int,
-           follow_symlinks: bool, progress: bool) -> IndexReport:
+           follow_symlinks: bool, first_stage: str, progress: bool) -> IndexReport:
     t0 = time.perf_counter()
     out = Path(out).resolve()
     report = IndexReport(index_dir=str(out))
@@ -270,6 +281,9 @@ def _build(ranks: Ranks, video_dir, model, out, *, update: bool, framerate, max_
                 raise FileNotFoundError(f"video folder not found: {video_dir}")
             if dtype not in DTYPES:
                 raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+            if first_stage not in (*FIRST_STAGES, "none"):
+                raise ValueError(f"first_stage must be one of {', '.join(repr(k) for k in (*FIRST_STAGES, 'none'))}, "
+                                 f"got {first_stage!r}")
             ckpt = resolve_checkpoint(model)
             out.mkdir(parents=True, exist_ok=True)
             (out / SHARD_DIR).mkdir(exist_ok=True)
@@ -302,6 +316,7 @@ def _build(ranks: Ranks, video_dir, model, out, *, update: bool, framerate, max_
         ranks.gather((report.added, report.new_damaged))  # also the barrier: every rank has staged its share
         report.added, report.new_damaged = merge_staged(con, out, on_disk)
         compact(con, out)
+        report.first_stage = refresh_first_stage(con, out, first_stage)
         report.total = con.execute("SELECT COUNT(*) FROM videos").fetchone()[0]
         report.damaged = [{"path": p, "kind": k, "reason": r} for p, k, r in
                           con.execute("SELECT path, kind, reason FROM damaged ORDER BY path")]
@@ -309,6 +324,37 @@ def _build(ranks: Ranks, video_dir, model, out, *, update: bool, framerate, max_
     if report.damaged:
         log.warning("%d damaged file(s) were not indexed (listed in the report)", len(report.damaged))
     return report
+
+
+def refresh_first_stage(con: sqlite3.Connection, out: Path, kind: str = "auto") -> str | None:
+    """Store the trained first stage ``kind`` of the index's current rows unless it is stored already, and
+    delete stored first stages of other rows (the caller holds the folder lock). Returns what it did, for
+    the report (None when the kind needs no training)."""
+    if kind == "none":
+        return None
+    meta = read_meta(con)
+    settings = IndexSettings.from_dict(json.loads(meta["settings"]))
+    ids, parts = gather_rows(out, con)
+    mean = (gather(parts, with_gallery=False, keys=("mean",))[1]["mean"].float() if parts
+            else torch.zeros(0, settings.embed_dim))
+    spec = resolve(kind, len(ids), settings.embed_dim)
+    key = full_key(spec, rows_key(ids, mean[torch.from_numpy(sample_positions(len(ids)))].numpy(),
+                                  meta.get("created"), settings.model_id))
+    if not spec.trained:
+        prune(out, key)  # first stages of earlier rows are of no use any more
+        return None
+    index, why = load_stored(out, key)
+    if index is not None:
+        return f"{spec.kind} (nlist={spec.nlist}) current"
+    t0 = time.perf_counter()
+    # the same vectors, normalized the same way, as SearchEngine.vbar
+    vbar = np.ascontiguousarray(torch.nn.functional.normalize(mean, dim=-1).numpy(), dtype=np.float32)
+    index = build_first_stage(vbar, spec, ids)
+    built_s = time.perf_counter() - t0
+    path = store(out, key, index, built_s, locked=True)
+    log.info("index %s: first stage %s built in %.1f s (%s), stored as %s", out, spec.kind, built_s, why, path.name)
+    extra = f", m={spec.m}, nbits={spec.nbits}" if spec.kind == "ivfpq" else ""
+    return f"{spec.kind} (nlist={spec.nlist}{extra}) built in {built_s:.1f} s, {path.relative_to(out)}"
 
 
 def _settings(con: sqlite3.Connection, out: Path, root: Path, ckpt: Path, framerate, max_frames, decoder,

@@ -1,7 +1,9 @@
 """Two-stage text-to-video search over an index built by :func:`gare.search.build_index`.
 
 First stage: FAISS inner product between the normalized query embedding and the normalized mean video
-embeddings vbar (exact ``IndexFlatIP`` by default; ``IndexIVFFlat`` for large collections). Second stage:
+embeddings vbar (exact ``IndexFlatIP`` by default; ``IndexIVFFlat`` for large collections, ``IndexIVFPQ`` for
+archives whose vectors do not fit in memory; :mod:`gare.search.first_stage`, which also stores the trained ones
+in the index folder so that an open does not train them again). Second stage:
 the top ``rerank_k`` candidates are rescored with the full GARE score (text-conditioned pooling + Delta)
 through ``GareModel.similarity`` on their stored score bases (the index's memory-mapped ``bases/`` files,
 sliced to the candidates: nothing per video is recomputed), and the best ``k`` are returned.
@@ -14,7 +16,6 @@ everything else it holds is read-only after :meth:`SearchEngine.open`.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
@@ -28,6 +29,16 @@ import torch
 from ..model.checkpoint import resolve_checkpoint
 from ..model.gallery import VideoGallery
 from ..pipeline import load_run_model
+from .first_stage import (  # noqa: F401 (re-exported)
+    DEFAULT_NPROBE,
+    FIRST_STAGES,
+    IVF_MIN_VIDEOS,
+    FirstStage,
+    check_kind,
+    normalized,
+    open_first_stage,
+    resolve,
+)
 from .index import gallery_of, supports_gallery
 from .store import (
     THUMB_DIR,
@@ -49,7 +60,6 @@ MAX_K = 100
 # K: the mean-vector first stage's top 1024 held 93% of the exact GARE top 10 at 10^5 generated videos (256: 75%);
 # docs/scale.md, benchmarks/bench_search.py
 DEFAULT_RERANK_K = 1024
-IVF_MIN_VIDEOS = 50_000  # "auto" switches from the exact flat index to IVF at this collection size
 _FORBIDDEN_CATEGORIES = {"Cc", "Cs", "Co", "Cn", "Zl", "Zp"}
 
 
@@ -143,6 +153,17 @@ class IndexRows:
         _, t, g = gather(parts, with_gallery=with_gallery, keys=("frames", "mask"))
         return t, g
 
+    def mean_at(self, pos: np.ndarray) -> np.ndarray:
+        """Stored vbar ``[len(pos), D]`` float32 (not normalized) of the videos at positions ``pos`` (only their
+        rows are read)."""
+        parts = []
+        for i in np.unique(self.part_of[pos]):
+            sel = np.nonzero(self.part_of[pos] == i)[0]
+            parts.append((self.shards[i], torch.from_numpy(self.row_of[pos[sel]]), torch.from_numpy(sel)))
+        if not parts:
+            return np.zeros((0, int(self.shards[0].tensors["mean"].shape[1]) if self.shards else 0), np.float32)
+        return np.ascontiguousarray(gather(parts, with_gallery=False, keys=("mean",))[1]["mean"].float().numpy())
+
     def mean(self) -> torch.Tensor:
         """``[N, D]`` float32 vbar of every video (the first-stage vectors, in memory)."""
         parts = [(sh, r, p) for sh, r, p in zip(self.shards, self.rows, self.positions)]
@@ -156,9 +177,9 @@ class SearchEngine:
 
     def __init__(self, index_dir: Path, model, root: Path, records: list[VideoRecord], rows: IndexRows, meta: dict,
                  *, rerank_k: int = DEFAULT_RERANK_K, first_stage: str = "auto", nlist: int | None = None,
-                 nprobe: int | None = None, fast: bool = True):
-        if first_stage not in ("auto", "flat", "ivf"):
-            raise ValueError(f"first_stage must be 'auto', 'flat' or 'ivf', got {first_stage!r}")
+                 nprobe: int | None = None, fast: bool = True, pq_m: int | None = None, pq_nbits: int | None = None,
+                 refine: int | None = None, store_first_stage: bool = True):
+        check_kind(first_stage)
         if rerank_k < 1:
             raise ValueError(f"rerank_k must be >= 1, got {rerank_k}")
         self.index_dir = Path(index_dir)
@@ -175,24 +196,51 @@ class SearchEngine:
         # GareModel.similarity's exact fast scorer on the stored bases (False: blockwise reference on the frames)
         self.fast = bool(fast)
         self._lock = threading.Lock()
-        mean = rows.mean() if len(records) else torch.zeros(0, int(meta["settings"]["embed_dim"]))
-        self.vbar = np.ascontiguousarray(torch.nn.functional.normalize(mean, dim=-1).numpy(), dtype=np.float32)
-        self.first_stage_kind, self._index = _first_stage_index(self.vbar, first_stage, nlist, nprobe)
+        self._vbar: np.ndarray | None = None
+        t0 = time.perf_counter()
+        spec = resolve(first_stage, len(records), int(meta["settings"]["embed_dim"]), nlist=nlist, m=pq_m,
+                       nbits=pq_nbits)
+        self.first: FirstStage = open_first_stage(
+            self.index_dir, spec, self.ids, means_at=rows.mean_at, vectors=lambda: self.vbar,
+            created=meta.get("created"), model_id=meta["settings"].get("model_id"), nprobe=nprobe, refine=refine,
+            write=store_first_stage)
+        self.first_stage_s = time.perf_counter() - t0  # seconds to load or build it
+        self.first_stage_kind = self.first.label
+
+    @property
+    def vbar(self) -> np.ndarray:
+        """``[N, D]`` normalized mean vectors of every video, read into memory on first use (the flat first
+        stage and in-memory builds need them; a stored IVF or IVF-PQ first stage does not)."""
+        if self._vbar is None:
+            mean = self.rows.mean() if len(self.records) else torch.zeros(0, int(self.meta["settings"]["embed_dim"]))
+            self._vbar = np.ascontiguousarray(torch.nn.functional.normalize(mean, dim=-1).numpy(), dtype=np.float32)
+        return self._vbar
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
     def open(cls, index_dir: str | os.PathLike, *, model: str | os.PathLike | None = None, device: str = "cpu",
              rerank_k: int = DEFAULT_RERANK_K, first_stage: str = "auto", nlist: int | None = None,
-             nprobe: int | None = None, root: str | os.PathLike | None = None, fast: bool = True) -> SearchEngine:
+             nprobe: int | None = None, root: str | os.PathLike | None = None, fast: bool = True,
+             pq_m: int | None = None, pq_nbits: int | None = None, refine: int | None = None,
+             store_first_stage: bool = True) -> SearchEngine:
         """Load an index and its model.
 
         Args:
             model: the checkpoint (default: the file the index was built with); it must be the same model
                 (same sha256) or :class:`IndexMismatchError` is raised.
             rerank_k: K, candidates of the first stage rescored with GARE.
-            first_stage: "flat" (exact), "ivf" (approximate, for large collections) or "auto".
+            first_stage: "flat" (exact), "ivf" (IVF-Flat, approximate, for large collections), "ivfpq"
+                (IVF-PQ, compressed, for archives whose vectors do not fit in memory) or "auto" (flat below
+                :data:`IVF_MIN_VIDEOS` videos, ivf from there). A trained first stage stored in the index
+                folder for the current rows is loaded; else it is built and stored (docs/search.md).
+            nlist, nprobe: IVF lists (default 4 sqrt(N)) and lists visited per query (default 32).
+            pq_m, pq_nbits: IVF-PQ sub-quantizers (default D / 16) and bits per code (default 8).
+            refine: IVF-PQ re-orders the top ``refine`` x K of its shortlist by the exact cosine with the stored
+                mean vectors (default 2; 0: its own approximate order).
+            store_first_stage: store a first stage built here in the index folder (when it is writable).
             root: where the indexed folder lives now, if it moved since indexing.
         """
+        check_kind(first_stage)
         index_dir = Path(index_dir)
         meta = open_index_meta(index_dir)
         settings = meta["settings"]
@@ -232,9 +280,10 @@ class SearchEngine:
                                         settings.get("dtype", "float32"))
         eng = cls(index_dir, gmodel, Path(root) if root is not None else Path(meta["root"]), records,
                   IndexRows(parts, len(records)), meta, rerank_k=rerank_k, first_stage=first_stage, nlist=nlist,
-                  nprobe=nprobe, fast=fast)
-        log.info("search index %s: %d videos, first stage %s, rerank K=%d, %s (loaded in %.1f s)", index_dir,
-                 len(records), eng.first_stage_kind, rerank_k,
+                  nprobe=nprobe, fast=fast, pq_m=pq_m, pq_nbits=pq_nbits, refine=refine,
+                  store_first_stage=store_first_stage)
+        log.info("search index %s: %d videos, first stage %s (%s), rerank K=%d, %s (loaded in %.1f s)", index_dir,
+                 len(records), eng.first_stage_kind, eng.first.source, rerank_k,
                  "stored bases" if eng.rows.has_bases else "frames only", time.perf_counter() - t0)
         return eng
 
@@ -316,15 +365,16 @@ class SearchEngine:
                 cand = np.arange(n)
                 fs = None
             else:
-                fs, idx = self._index.search(tn, K)  # [1, K]
-                keep = idx[0] >= 0
-                cand, fs = idx[0][keep], fs[0][keep]
+                fs, cand = self.first.search(tn, K)  # [K] cosines and positions
                 S = self.score(t, cand)  # [K]
         order = np.lexsort((self.ids[cand], -S))[:k]  # by score desc, then id
+        if fs is None:  # exhaustive: the first-stage cosine of the hits only
+            fs = np.zeros(len(cand), dtype=np.float32)
+            fs[order] = normalized(self.rows.mean_at(cand[order])) @ tn[0]
         hits = []
         for rank, j in enumerate(order, start=1):
             r = self.records[int(cand[j])]
-            first = float(fs[j]) if fs is not None else float(self.vbar[int(cand[j])] @ tn[0])
+            first = float(fs[j])
             hits.append(Hit(rank=rank, id=r.id, path=str(self.root / r.rel_path), rel_path=r.rel_path,
                             score=float(S[j]), first_stage=first, duration=r.duration, width=r.width,
                             height=r.height))
@@ -333,29 +383,4 @@ class SearchEngine:
     def search_exhaustive(self, query: str, k: int = 10) -> list[Hit]:
         """GARE scores for every indexed video (no first stage)."""
         return self.search(query, k, exhaustive=True)
-
-
-def _first_stage_index(xb: np.ndarray, kind: str, nlist: int | None, nprobe: int | None):
-    """FAISS inner-product index over normalized ``xb [N, D]``: ("flat", IndexFlatIP) or ("ivf", IndexIVFFlat)."""
-    import faiss  # lazy on purpose: FAISS loads (and probes CPU features) only when an engine opens
-
-    n, d = xb.shape
-    if kind == "auto":
-        kind = "ivf" if n >= IVF_MIN_VIDEOS else "flat"
-    if kind == "ivf" and n < 2:
-        kind = "flat"
-    if kind == "flat":
-        index = faiss.IndexFlatIP(d)
-        if n:
-            index.add(xb)
-        return "flat", index
-    if nlist is None:
-        nlist = int(round(4 * math.sqrt(n)))
-    nlist = max(1, min(int(nlist), n))
-    quantizer = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.train(xb)
-    index.add(xb)
-    index.nprobe = max(1, min(nlist, int(nprobe) if nprobe else min(nlist, 32)))
-    return f"ivf(nlist={nlist}, nprobe={index.nprobe})", index
 
