@@ -80,12 +80,12 @@ def test_k_at_least_n_videos_is_exhaustive_exactly(k):
     assert torch.equal(two_stage_similarity(m, t, v, vm, k=k), m.similarity(t, v, vm))
 
 
+@pytest.mark.parametrize("k", [2, 5])  # 2 of 23 videos: per-pair rerank; 5 of 23 (>= DENSE_FRACTION): dense
 @pytest.mark.parametrize("context", ["frames", "words"])
 @pytest.mark.parametrize("fast", [True, False])
-def test_rerank_gives_exact_scores_on_the_candidates(context, fast):
+def test_rerank_gives_exact_scores_on_the_candidates(context, fast, k):
     m = _Model(context=context)
     t, v, vm, words = _data()
-    k = 5
     exact = m.similarity(t, v, vm, words=words, fast=False)
     S = two_stage_similarity(m, t, v, vm, k=k, words=words, fast=fast)
     s1 = stage1_similarity(t, v, vm)
@@ -100,6 +100,29 @@ def test_rerank_gives_exact_scores_on_the_candidates(context, fast):
     # the two rerank paths (pairs grouped by video / blocks of texts) agree
     other = two_stage_similarity(m, t, v, vm, k=k, words=words, fast=not fast)
     assert (S - other).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_dense_rerank_equals_the_per_pair_rerank(monkeypatch, masked):
+    """Above DENSE_FRACTION of the videos the fast rerank scores every pair densely and keeps the candidates'
+    scores: the same matrix as the per-pair path, to rounding."""
+    import gare.model.two_stage as ts
+
+    m = _Model()
+    t, v, vm, _ = _data(masked=masked)
+    calls = []
+    per_pair = ts.fast_pair_similarity
+    monkeypatch.setattr(ts, "fast_pair_similarity", lambda *a, **kw: calls.append(1) or per_pair(*a, **kw))
+    monkeypatch.setattr(ts, "DENSE_FRACTION", 0.0)
+    dense = two_stage_similarity(m, t, v, vm, k=3)
+    assert calls == []  # the dense path
+    monkeypatch.setattr(ts, "DENSE_FRACTION", 2.0)
+    pairs = two_stage_similarity(m, t, v, vm, k=3)
+    assert calls == [1]  # the per-pair path
+    assert (dense - pairs).abs().max() < 1e-6
+    s1 = stage1_similarity(t, v, vm)
+    outside = torch.ones_like(s1, dtype=torch.bool).scatter_(1, s1.topk(3, dim=1).indices, False)
+    assert torch.equal(dense[outside], pairs[outside])  # the non-candidates keep stage-1 - 3 exactly
 
 
 def test_two_stage_recovers_the_top_n_when_stage1_holds_it():

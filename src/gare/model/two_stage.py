@@ -25,6 +25,11 @@ from .scorer import masked_mean
 log = logging.getLogger(__name__)
 
 OUTSIDE_OFFSET = 3.0  # non-reranked pairs score (stage-1 cosine - 3) < -1 <= any reranked cosine
+# The fast scorer's dense path (every pair, one GEMM per block) costs about 1/7 of its per-pair path (each
+# video against the texts that picked it) per pair: at 1,000 x 1,000, D = 512, F = 12, one thread, the rerank
+# of K = 128 took 0.93x the exhaustive time and K = 256 1.56x (benchmarks/bench_two_stage.py). From this
+# fraction of the videos on, the rerank scores every pair densely and keeps the candidates' scores.
+DENSE_FRACTION = 0.14
 
 
 def stage1_similarity(t: Tensor, v: Tensor | VideoGallery, video_mask: Tensor | None = None) -> Tensor:
@@ -75,6 +80,10 @@ def two_stage_similarity(model, t: Tensor, v: Tensor | VideoGallery, video_mask:
         s1 = stage1_similarity(t, v, video_mask)
         cand = s1.topk(k, dim=1).indices  # [N_t, k]
         out = s1 - OUTSIDE_OFFSET
+        if fast and supports_pairs(scorer) and k >= DENSE_FRACTION * N_v:
+            dense = model.similarity(t, v, video_mask, fast=True, memory_budget=memory_budget)  # [N_t, N_v]
+            out.scatter_(1, cand, dense.gather(1, cand).to(out.dtype))
+            return out
         _rerank(out, scorer, t, v, video_mask, cand, words, word_mask, fast, memory_budget)
         return out
     finally:
