@@ -120,8 +120,11 @@ def test_two_ranks_equal_one_process_and_resume_after_a_killed_rank(folder, ckpt
         assert [h.id for h in hd] == [h.id for h in hs]
         assert np.allclose([h.score for h in hd], [h.score for h in hs], atol=1e-5)
 
-    # 4. run again: nothing to do
-    r = _torchrun(["-m", "gare.cli", *args], tmp_path)
+    # 4. run again: nothing to encode; rank 0 stores the IVF first stage asked for, and search loads it
+    r = _torchrun(["-m", "gare.cli", *args, "--first-stage", "ivf"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(r.stdout)
     assert (report["added"], report["unchanged"], report["total"]) == (0, 20, 20)
+    assert report["first_stage"].startswith("ivf (nlist=18) built in")
+    stored = sorted((out / "first_stage").glob("ivf-*.faiss"))
+    assert len(stored) == 1 and SearchEngine.open(out, first_stage="ivf").first.source == f"stored {stored[0].name}"
