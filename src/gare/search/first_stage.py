@@ -323,10 +323,11 @@ def open_first_stage(index_dir: Path, spec: FirstStageSpec, ids: np.ndarray, *,
     if index is not None:
         return FirstStage(spec, index, ids, nprobe=nprobe, refine=refine, exact=exact,
                           source=f"stored {stored_path(index_dir, key).name}")
+    log.info("first stage %s of %s: %s; training it on %d videos", spec.kind, index_dir, why, len(ids))
     t0 = time.perf_counter()
     index = build(vectors(), spec, ids)
     built_s = time.perf_counter() - t0
-    log.info("first stage %s of %s: %s; built it in memory in %.1f s", spec.kind, index_dir, why, built_s)
+    log.info("first stage %s trained in %.1f s", spec.kind, built_s)
     if write:
         try:
             path = store(index_dir, key, index, built_s)
