@@ -178,7 +178,7 @@ def test_a_stale_stored_first_stage_is_rebuilt_not_used(shapes20, tiny_ckpt, tmp
     shutil.copytree(shapes20, folder)
     out = tmp_path / "index"
     rep = build_index(folder, tiny_ckpt, out, workers=1, first_stage="ivf")
-    assert rep.first_stage.startswith("ivf (nlist=18) built in") and len(_stored(out)) == 1
+    assert rep.first_stage.startswith("ivf (nlist=18) trained in") and len(_stored(out)) == 1
     old = _stored(out)[0]
     assert build_index(folder, tiny_ckpt, out, workers=1, first_stage="ivf").first_stage == "ivf (nlist=18) current"
 
@@ -191,7 +191,14 @@ def test_a_stale_stored_first_stage_is_rebuilt_not_used(shapes20, tiny_ckpt, tmp
     with caplog.at_level(logging.INFO, logger="gare.search.first_stage"):
         eng = SearchEngine.open(out, first_stage="ivf", nprobe=18, rerank_k=6)
     assert f"the stored {old} is stale: it was built for 20 videos" in caplog.text and "index has 19" in caplog.text
-    assert eng.first.source == "built" and eng.first.index.ntotal == 19
+    # its lists are kept (the collection has not doubled or halved): 2 videos removed from it, 1 added
+    assert eng.first.source == f"updated {old}" and eng.first.index.ntotal == 19
+    assert eng.first_stage_kind == "ivf(nlist=18, nprobe=18)"
+    info = json.loads((out / FIRST_STAGE_DIR / _stored(out)[0]).with_suffix(".json").read_text())
+    assert (info["n"], info["trained_n"], info["removed"], info["added"]) == (19, 20, 2, 1)
+    assert np.array_equal(fs_mod.stored_ids(eng.first.index), eng.ids)
+    trained = SearchEngine.open(out, first_stage="ivf", nlist=18, nprobe=18, rerank_k=6, store_first_stage=False)
+    assert trained.first.source == f"stored {_stored(out)[0]}"  # nlist 18 asked for: the same file
     assert len(_stored(out)) == 1 and _stored(out) != [old]  # replaced by the current rows' first stage
     flat = SearchEngine.open(out, first_stage="flat", rerank_k=6)
     for (ia, sa, _), (ib, sb, _) in zip(_results(eng), _results(flat)):

@@ -125,6 +125,6 @@ def test_two_ranks_equal_one_process_and_resume_after_a_killed_rank(folder, ckpt
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(r.stdout)
     assert (report["added"], report["unchanged"], report["total"]) == (0, 20, 20)
-    assert report["first_stage"].startswith("ivf (nlist=18) built in")
+    assert report["first_stage"].startswith("ivf (nlist=18) trained in")
     stored = sorted((out / "first_stage").glob("ivf-*.faiss"))
     assert len(stored) == 1 and SearchEngine.open(out, first_stage="ivf").first.source == f"stored {stored[0].name}"

@@ -31,10 +31,11 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..io import atomic_write
 from .store import FolderLock, SearchIndexError
@@ -251,19 +252,20 @@ def load_stored(index_dir: Path, key: dict, mmap: bool = True):
     return index, f"loaded {path.name}"
 
 
-def store(index_dir: Path, key: dict, index, built_s: float, *, locked: bool = False) -> Path:
+def store(index_dir: Path, key: dict, index, built_s: float, *, locked: bool = False,
+          extra: dict | None = None) -> Path:
     """Write ``index`` as the first stage of ``key`` (atomically: its JSON, then the FAISS file) and delete
     the stored first stages that were built from other rows. ``locked``: the caller holds the folder lock
     (``gare index``); else it is taken here, and :class:`SearchIndexError` is raised when a ``gare index``
-    run holds it."""
+    run holds it. ``extra``: more fields for the JSON (``trained_n``: the rows its lists were trained on)."""
     import faiss  # lazy on purpose: see build()
 
     index_dir = Path(index_dir)
     path = stored_path(index_dir, key)
 
     def write() -> None:
-        info = {**key, "file": path.name, "built_s": round(built_s, 3), "faiss": faiss.__version__,
-                "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        info = {**key, "trained_n": key["n"], **(extra or {}), "file": path.name, "built_s": round(built_s, 3),
+                "faiss": faiss.__version__, "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
         atomic_write(path.with_suffix(".json"), json.dumps(info, indent=1))
         atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)))
         prune(index_dir, key)
@@ -301,36 +303,93 @@ def prune(index_dir: Path, key: dict) -> list[Path]:
 
 
 def normalized(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` divided by their norm (as ``torch.nn.functional.normalize``), float32."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    """Rows of ``x`` divided by their norm, float32 (``torch.nn.functional.normalize``, as SearchEngine.vbar)."""
+    return np.ascontiguousarray(torch.nn.functional.normalize(torch.from_numpy(np.asarray(x, np.float32)), dim=-1)
+                                .numpy(), dtype=np.float32)
 
 
-def open_first_stage(index_dir: Path, spec: FirstStageSpec, ids: np.ndarray, *,
-                     means_at: Callable[[np.ndarray], np.ndarray], vectors: Callable[[], np.ndarray],
-                     created: str | None, model_id: str | None, nprobe: int | None = None,
-                     refine: int | None = None, write: bool = True) -> FirstStage:
-    """The first stage of ``spec`` over the index's rows (``ids`` in id order; ``means_at(pos)`` gives the
-    stored mean vectors at positions, ``vectors()`` all of them normalized). A trained kind is loaded from the
-    index folder when a file of the current key is stored; else it is built in memory (the log line says
-    why) and, with ``write``, stored for the next open when the folder is writable and no ``gare index`` run
-    holds it."""
-    exact = (lambda pos: normalized(means_at(pos))) if spec.kind == "ivfpq" else None
-    if not spec.trained:
-        return FirstStage(spec, build(vectors(), spec, ids), ids, nprobe=nprobe, refine=refine, exact=exact)
-    key = full_key(spec, rows_key(ids, means_at(sample_positions(len(ids))), created, model_id))
-    index, why = load_stored(index_dir, key)
-    if index is not None:
-        return FirstStage(spec, index, ids, nprobe=nprobe, refine=refine, exact=exact,
-                          source=f"stored {stored_path(index_dir, key).name}")
-    log.info("first stage %s of %s: %s; training it on %d videos", spec.kind, index_dir, why, len(ids))
+def stored_ids(index) -> np.ndarray:
+    """The labels (video ids) held by an IVF index, sorted."""
+    import faiss  # lazy on purpose: see build()
+
+    inv = index.invlists
+    parts = [faiss.rev_swig_ptr(inv.get_ids(j), inv.list_size(j)).copy() for j in range(index.nlist)
+             if inv.list_size(j)]
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+
+def updatable(index_dir: Path, key: dict, auto_nlist: bool) -> list[dict]:
+    """Stored first stages of ``key``'s kind that can be brought up to ``key``'s rows without training: same
+    index, model and parameters (any nlist when ``auto_nlist``), trained on between half and twice as many
+    rows as the index has now (beyond, the lists no longer fit the collection: train again). Newest first."""
+    folder = Path(index_dir) / FIRST_STAGE_DIR
+    out = []
+    for p in sorted(folder.glob(f"{key['kind']}-*.json")) if folder.is_dir() else []:
+        try:
+            info = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        same = all(info.get(f) == key[f] for f in ("version", "kind", "dim", "m", "nbits", "index_created",
+                                                   "model_id"))
+        if not same or not (auto_nlist or info.get("nlist") == key["nlist"]) or not p.with_suffix(".faiss").is_file():
+            continue
+        if key["n"] and 0.5 <= key["n"] / max(1, int(info.get("trained_n", info.get("n", 0)))) <= 2:
+            out.append(info)
+    return sorted(out, key=lambda d: d.get("written", ""), reverse=True)
+
+
+def obtain(index_dir: Path, spec: FirstStageSpec, ids: np.ndarray, *, means_at: Callable[[np.ndarray], np.ndarray],
+           vectors: Callable[[], np.ndarray], created: str | None, model_id: str | None, auto_nlist: bool = True,
+           write: bool = True, locked: bool = False):
+    """The trained first stage of ``spec`` over the rows ``ids``: ``(index, spec, source)``.
+
+    In order: the stored file of exactly these rows (memory-mapped; with ``auto_nlist`` also one of these rows
+    with another nlist, e.g. kept by an update); else a stored one of earlier rows of the same index brought up
+    to date (the videos removed since are deleted from it and the new ones added: no training), else trained
+    here. What was not loaded is stored (``write``) when the folder is writable and no ``gare index`` run holds
+    its lock (``locked``: the caller holds it)."""
+    import faiss  # lazy on purpose: see build()
+
+    rows = rows_key(ids, means_at(sample_positions(len(ids))), created, model_id)
+    key = full_key(spec, rows)
+    tries = [key] + [full_key(replace(spec, nlist=int(info["nlist"])), rows)
+                     for info in (updatable(index_dir, key, auto_nlist) if auto_nlist else [])]
+    for k in tries:
+        if stored_path(index_dir, k).is_file():
+            index, why = load_stored(index_dir, k)
+            if index is not None:
+                return index, replace(spec, nlist=k["nlist"]), f"stored {stored_path(index_dir, k).name}"
+    why = why_stale(index_dir, key)
     t0 = time.perf_counter()
-    index = build(vectors(), spec, ids)
+    index, extra = None, {}
+    for info in updatable(index_dir, key, auto_nlist):
+        try:
+            index = faiss.read_index(str(Path(index_dir) / FIRST_STAGE_DIR / info["file"]))  # in memory: edited
+        except (RuntimeError, OSError):
+            continue
+        old = stored_ids(index)
+        gone, new = np.setdiff1d(old, ids), np.setdiff1d(ids, old)
+        if len(gone):
+            index.remove_ids(np.ascontiguousarray(gone, dtype=np.int64))
+        if len(new):
+            index.add_with_ids(normalized(means_at(np.searchsorted(ids, new))), np.ascontiguousarray(new, np.int64))
+        spec = replace(spec, nlist=int(info["nlist"]))
+        key = full_key(spec, rows)
+        extra = {"trained_n": int(info.get("trained_n", info["n"])), "updated_from": info["file"],
+                 "removed": int(len(gone)), "added": int(len(new))}
+        log.info("first stage %s of %s: %s; updated %s in place of training (%d removed, %d added)", spec.kind,
+                 index_dir, why, info["file"], len(gone), len(new))
+        source = f"updated {info['file']}"
+        break
+    if index is None:
+        log.info("first stage %s of %s: %s; training it on %d videos", spec.kind, index_dir, why, len(ids))
+        index = build(vectors(), spec, ids)
+        source = "built"
     built_s = time.perf_counter() - t0
-    log.info("first stage %s trained in %.1f s", spec.kind, built_s)
+    log.info("first stage %s ready in %.1f s", spec.kind, built_s)
     if write:
         try:
-            path = store(index_dir, key, index, built_s)
+            path = store(index_dir, key, index, built_s, locked=locked, extra=extra)
             log.info("first stage stored as %s (the next open loads it)", path)
         except SearchIndexError as e:  # a `gare index` run is writing the folder: it stores its own
             log.info("first stage not stored (%s)", e)
@@ -339,4 +398,19 @@ def open_first_stage(index_dir: Path, spec: FirstStageSpec, ids: np.ndarray, *,
                         "memory in %.1f s and is built again at every open; store it once with write access "
                         "(open the index with `gare search` as a user who can write it, or run `gare index`)",
                         index_dir, e.strerror or e, spec.kind, len(ids), built_s)
-    return FirstStage(spec, index, ids, nprobe=nprobe, refine=refine, exact=exact, source="built")
+    return index, spec, source
+
+
+def open_first_stage(index_dir: Path, spec: FirstStageSpec, ids: np.ndarray, *,
+                     means_at: Callable[[np.ndarray], np.ndarray], vectors: Callable[[], np.ndarray],
+                     created: str | None, model_id: str | None, nprobe: int | None = None,
+                     refine: int | None = None, auto_nlist: bool = True, write: bool = True) -> FirstStage:
+    """The first stage of ``spec`` over the index's rows (``ids`` in id order; ``means_at(pos)`` gives the
+    stored mean vectors at positions, ``vectors()`` all of them normalized): flat is built; a trained kind
+    comes from :func:`obtain` (stored, updated or trained, and the log says why)."""
+    exact = (lambda pos: normalized(means_at(pos))) if spec.kind == "ivfpq" else None
+    if not spec.trained:
+        return FirstStage(spec, build(vectors(), spec, ids), ids, nprobe=nprobe, refine=refine, exact=exact)
+    index, spec, source = obtain(index_dir, spec, ids, means_at=means_at, vectors=vectors, created=created,
+                                 model_id=model_id, auto_nlist=auto_nlist, write=write)
+    return FirstStage(spec, index, ids, nprobe=nprobe, refine=refine, exact=exact, source=source)

@@ -37,8 +37,7 @@ from ..model import fast_scorer
 from ..model.checkpoint import resolve_checkpoint
 from ..model.gallery import VideoGallery
 from ..pipeline import load_run_model
-from .first_stage import FIRST_STAGES, full_key, load_stored, prune, resolve, rows_key, sample_positions, store
-from .first_stage import build as build_first_stage
+from .first_stage import FIRST_STAGES, full_key, normalized, obtain, prune, resolve, rows_key, sample_positions
 from .media import DecodedVideo, decode_video
 from .store import (
     DB_NAME,
@@ -327,9 +326,10 @@ def _build(ranks: Ranks, video_dir, model, out, *, update: bool, framerate, max_
 
 
 def refresh_first_stage(con: sqlite3.Connection, out: Path, kind: str = "auto") -> str | None:
-    """Store the trained first stage ``kind`` of the index's current rows unless it is stored already, and
-    delete stored first stages of other rows (the caller holds the folder lock). Returns what it did, for
-    the report (None when the kind needs no training)."""
+    """Store the trained first stage ``kind`` of the index's current rows unless it is stored already (an
+    earlier one of this index is brought up to date without training when the collection has not doubled or
+    halved since it was trained), and delete stored first stages of other rows (the caller holds the folder
+    lock). Returns what it did, for the report (None when the kind needs no training)."""
     if kind == "none":
         return None
     meta = read_meta(con)
@@ -338,23 +338,20 @@ def refresh_first_stage(con: sqlite3.Connection, out: Path, kind: str = "auto") 
     mean = (gather(parts, with_gallery=False, keys=("mean",))[1]["mean"].float() if parts
             else torch.zeros(0, settings.embed_dim))
     spec = resolve(kind, len(ids), settings.embed_dim)
-    key = full_key(spec, rows_key(ids, mean[torch.from_numpy(sample_positions(len(ids)))].numpy(),
-                                  meta.get("created"), settings.model_id))
-    if not spec.trained:
-        prune(out, key)  # first stages of earlier rows are of no use any more
+    if not spec.trained:  # first stages of earlier rows are of no use any more
+        prune(out, full_key(spec, rows_key(ids, mean[torch.from_numpy(sample_positions(len(ids)))].numpy(),
+                                           meta.get("created"), settings.model_id)))
         return None
-    index, why = load_stored(out, key)
-    if index is not None:
-        return f"{spec.kind} (nlist={spec.nlist}) current"
     t0 = time.perf_counter()
     # the same vectors, normalized the same way, as SearchEngine.vbar
-    vbar = np.ascontiguousarray(torch.nn.functional.normalize(mean, dim=-1).numpy(), dtype=np.float32)
-    index = build_first_stage(vbar, spec, ids)
-    built_s = time.perf_counter() - t0
-    path = store(out, key, index, built_s, locked=True)
-    log.info("index %s: first stage %s built in %.1f s (%s), stored as %s", out, spec.kind, built_s, why, path.name)
+    _, spec, source = obtain(out, spec, ids, means_at=lambda pos: mean[torch.from_numpy(pos)].numpy(),
+                             vectors=lambda: normalized(mean.numpy()), created=meta.get("created"),
+                             model_id=settings.model_id, locked=True)
     extra = f", m={spec.m}, nbits={spec.nbits}" if spec.kind == "ivfpq" else ""
-    return f"{spec.kind} (nlist={spec.nlist}{extra}) built in {built_s:.1f} s, {path.relative_to(out)}"
+    what = {"stored": "current", "updated": "updated without training"}.get(source.split()[0], "trained")
+    if what != "current":
+        what += f" in {time.perf_counter() - t0:.1f} s"
+    return f"{spec.kind} (nlist={spec.nlist}{extra}) {what}"
 
 
 def _settings(con: sqlite3.Connection, out: Path, root: Path, ckpt: Path, framerate, max_frames, decoder,

@@ -203,7 +203,7 @@ class SearchEngine:
         self.first: FirstStage = open_first_stage(
             self.index_dir, spec, self.ids, means_at=rows.mean_at, vectors=lambda: self.vbar,
             created=meta.get("created"), model_id=meta["settings"].get("model_id"), nprobe=nprobe, refine=refine,
-            write=store_first_stage)
+            auto_nlist=nlist is None, write=store_first_stage)
         self.first_stage_s = time.perf_counter() - t0  # seconds to load or build it
         self.first_stage_kind = self.first.label
 
