@@ -206,12 +206,22 @@ def test_a_stale_stored_first_stage_is_rebuilt_not_used(shapes20, tiny_ckpt, tmp
         np.testing.assert_allclose(sa, sb, atol=1e-6)
 
     # `gare index` itself refreshes it: rows changed again -> a new file, the stale one deleted
+    # `gare index` itself refreshes it: rows changed again -> updated, the earlier file replaced
     victims[1].unlink()
-    rep = build_index(folder, tiny_ckpt, out, workers=1, update=True)  # auto: 18 videos need no IVF ...
-    assert rep.first_stage is None and _stored(out) == []  # ... and the stale file is removed
+    ivf19 = _stored(out)
+    rep = build_index(folder, tiny_ckpt, out, workers=1, update=True, first_stage="ivf")
+    assert rep.first_stage.startswith("ivf (nlist=18) updated without training in") and rep.total == 18
+    assert len(_stored(out)) == 1 and _stored(out) != ivf19
     rep = build_index(folder, tiny_ckpt, out, workers=1, first_stage="ivfpq")
-    assert rep.first_stage.startswith("ivfpq (nlist=17, m=") and _stored(out)[0].startswith("ivfpq-")
-    assert SearchEngine.open(out, first_stage="ivfpq").first.source == f"stored {_stored(out)[0]}"
+    assert rep.first_stage.startswith("ivfpq (nlist=17, m=") and "trained in" in rep.first_stage
+    assert [f.split("-")[0] for f in _stored(out)] == ["ivf", "ivfpq"]  # one per kind, both of these rows
+    assert SearchEngine.open(out, first_stage="ivfpq").first.source == f"stored {_stored(out)[1]}"
+    # a first stage trained on more than twice the rows there are now is of no use: trained again, deleted
+    for v in sorted(folder.glob("*.mp4"))[:10]:
+        v.unlink()
+    rep = build_index(folder, tiny_ckpt, out, workers=1, update=True, first_stage="ivf")
+    assert rep.total == 8 and rep.first_stage.startswith("ivf (nlist=8) trained in")
+    assert [f.split("-")[0] for f in _stored(out)] == ["ivf"]
 
 
 def test_a_read_only_index_folder_opens_and_builds_in_memory(index_copy, monkeypatch, caplog):

@@ -279,12 +279,12 @@ def store(index_dir: Path, key: dict, index, built_s: float, *, locked: bool = F
 
 
 def prune(index_dir: Path, key: dict) -> list[Path]:
-    """Delete stored first stages (any kind) built from other rows than ``key``'s, and older files of
-    ``key``'s kind; returns what was deleted."""
+    """Delete the stored first stages that are of no use next to ``key``'s: older files of its kind, files of
+    another index or model, and files of other kinds that can neither be loaded for these rows nor brought up
+    to date to them (trained on less than half or more than twice as many rows). Returns what was deleted."""
     folder = Path(index_dir) / FIRST_STAGE_DIR
     if not folder.is_dir():
         return []
-    keep_rows = {f: key[f] for f in ("n", "ids_sha256", "sample_sha256", "index_created", "model_id")}
     keep = stored_path(index_dir, key).name
     gone = []
     for p in sorted(folder.glob("*.faiss")) + sorted(folder.glob("*.json")):
@@ -293,10 +293,12 @@ def prune(index_dir: Path, key: dict) -> list[Path]:
             continue
         try:
             old = json.loads(p.with_suffix(".json").read_text())
-            same_rows = all(old.get(f) == v for f, v in keep_rows.items())
-        except (OSError, ValueError):
-            same_rows = False
-        if not same_rows or faiss_name.startswith(f"{key['kind']}-"):
+            same_index = all(old.get(f) == key[f] for f in ("index_created", "model_id", "dim", "version"))
+            useful = same_index and (old.get("ids_sha256") == key["ids_sha256"] or (
+                key["n"] and 0.5 <= key["n"] / max(1, int(old.get("trained_n", old.get("n", 0)))) <= 2))
+        except (OSError, ValueError, TypeError):
+            useful = False
+        if not useful or faiss_name.startswith(f"{key['kind']}-"):
             p.unlink(missing_ok=True)
             gone.append(p)
     return gone
