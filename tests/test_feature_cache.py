@@ -155,7 +155,7 @@ def test_stale_cache_refusals_name_the_difference_and_the_rebuild_command(shapes
     # other tower weights (the random towers of another seed): the old settings check accepted this
     refused("weights_sha256", mdl=micro_model(cfg, seed=7))
     # frame sampling, decoder and text settings
-    refused("framerate", c=micro_cfg(shapes_dir, tmp_path, "data.framerate=1.0"))
+    refused("framerate", c=micro_cfg(shapes_dir, tmp_path, "data.framerate=2.0"))  # the recipe samples 1 fps
     refused("max_frames", c=micro_cfg(shapes_dir, tmp_path, "data.max_frames=3"))
     refused("decoder", c=micro_cfg(shapes_dir, tmp_path, "data.decoder=opencv"))
     c = micro_cfg(shapes_dir, tmp_path, "model.backbone.max_words=12")
