@@ -18,6 +18,9 @@ sha256 the index records. Then, one thread:
    default K = 1024 receives), for IVF-Flat and IVF-PQ at each ``--nprobe``, IVF-PQ with each ``--refine``
    (0: its own approximate order; R: the top R x K re-ordered by the exact cosine with the stored vectors).
 3. Per query, the first stage's wall and CPU ms (K = 1024); bytes per video of each stored file.
+4. With ``--update-share S``: a share S of the rows is deleted and as many new ones added (what
+   ``gare index --update`` does to the metadata and shards), then each kind is opened again: its stored file is
+   brought up to date (no training) and stored; timed like step 1.
 
 Data: ``isotropic`` (each vbar an isotropic random direction, like bench_search.py's generated videos: the
 worst case for IVF, whose lists follow clusters) and ``clustered`` (vbar around 1,000 random centres, cosine
@@ -100,6 +103,27 @@ def write_index(folder: Path, ckpt: Path, kind: str, n: int, dim: int, seed: int
     con.close()
 
 
+def update_rows(folder: Path, share: float, dim: int, data: str, seed: int) -> tuple[int, int]:
+    """Delete a random ``share`` of the videos and add as many new ones (a new shard, new ids)."""
+    con = connect(folder / DB_NAME)
+    ids = np.array([r[0] for r in con.execute("SELECT id FROM videos")])
+    rng = np.random.default_rng(seed)
+    u = max(1, int(share * len(ids)))
+    gone = rng.choice(ids, u, replace=False)
+    x = next(vectors(data, u, dim, seed + 7, u))
+    new = torch.arange(int(ids.max()) + 1, int(ids.max()) + 1 + u, dtype=torch.int64)
+    name = "gen-update.safetensors"
+    save_file({"ids": new, "mask": torch.ones(u, 1, dtype=torch.bool), "mean": torch.from_numpy(x),
+               "frames": torch.zeros(u, 1, 1, dtype=torch.float16)}, str(folder / SHARD_DIR / name))
+    with con:
+        con.executemany("DELETE FROM videos WHERE id = ?", [(int(i),) for i in gone])
+        con.executemany("INSERT INTO videos(id, path, size, mtime_ns, duration, n_frames, width, height, shard, row, "
+                        "added) VALUES (?, ?, 1000, 0, 10.0, 1, 64, 64, ?, ?, 0)",
+                        [(int(v), f"v/{int(v):08d}.mp4", name, r) for r, v in enumerate(new)])
+    con.close()
+    return u, u
+
+
 def open_engine(folder: Path, kind: str, **kw) -> tuple[SearchEngine, dict]:
     with Clock() as c:
         eng = SearchEngine.open(folder, first_stage=kind, fast=False, **kw)
@@ -167,6 +191,15 @@ def run_one(args, ckpt: Path, tmp: Path, data: str, n: int) -> dict:
         if args.progress:
             print(f"{data} {n} {kind}: open building {res['open_building']}, stored {res['open_stored']}",
                   flush=True)
+    if args.update_share:
+        out["update"] = dict(zip(("removed", "added"), update_rows(folder, args.update_share, args.dim, data,
+                                                                    args.seed)))
+        for kind in ("ivf", "ivfpq"):
+            eng, out[kind]["open_after_update"] = open_engine(folder, kind)
+            del eng
+            _, out[kind]["open_after_update_stored"] = open_engine(folder, kind)
+            if args.progress:
+                print(f"{data} {n} {kind} after update: {out[kind]['open_after_update']}", flush=True)
     shutil.rmtree(folder, ignore_errors=True)
     return out
 
@@ -180,6 +213,8 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=1024, help="first-stage K (the engine's default rerank K)")
     ap.add_argument("--nprobe", type=int, nargs="+", default=[32, 256])
     ap.add_argument("--refine", type=int, nargs="+", default=[0, 1, 2, 4])
+    ap.add_argument("--update-share", type=float, default=0.0,
+                    help="then delete this share of the rows, add as many, and open each kind again")
     ap.add_argument("--tmp", default=None, help="folder for the generated index folders (default: the system's)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--progress", action="store_true")
