@@ -260,3 +260,26 @@ def test_a_bad_first_stage_names_the_choices(index_copy, tiny_ckpt, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and "--first-stage: invalid choice: 'hnsw'" in err
     assert all(k in err for k in ("auto", "flat", "ivf", "ivfpq"))
+
+
+def test_a_damaged_stored_file_is_rebuilt_and_the_cli_searches_with_ivfpq(index_copy, capsys, caplog):
+    from gare.cli import main
+
+    first = SearchEngine.open(index_copy, first_stage="ivf", nlist=4, nprobe=4, rerank_k=6)
+    path = index_copy / FIRST_STAGE_DIR / _stored(index_copy)[0]
+    path.write_bytes(path.read_bytes()[:100])  # truncated (written atomically, this happens only by hand)
+    with caplog.at_level(logging.INFO, logger="gare.search.first_stage"):
+        again = SearchEngine.open(index_copy, first_stage="ivf", nlist=4, nprobe=4, rerank_k=6)
+    assert again.first.source == "built" and f"cannot read {path}" in caplog.text
+    assert [r[0] for r in _results(again)] == [r[0] for r in _results(first)]
+    assert SearchEngine.open(index_copy, first_stage="ivf", nlist=4).first.source == f"stored {path.name}"
+
+    capsys.readouterr()
+    flat = SearchEngine.open(index_copy, first_stage="flat")
+    for args in ([], ["--refine", "0"]):
+        assert main(["search", str(index_copy), QUERIES[1], "-k", "3", "--json", "--first-stage", "ivfpq",
+                     "--nprobe", "64", *args]) == 0
+        res = json.loads(capsys.readouterr().out)
+        # 20 videos: the default rerank K covers all of them, so the GARE top 3 is flat's
+        assert [h["id"] for h in res["results"]] == [h.id for h in flat.search(QUERIES[1], k=3)]
+    assert [f.split("-")[0] for f in _stored(index_copy)] == ["ivf", "ivfpq"]

@@ -356,12 +356,14 @@ def obtain(index_dir: Path, spec: FirstStageSpec, ids: np.ndarray, *, means_at: 
     key = full_key(spec, rows)
     tries = [key] + [full_key(replace(spec, nlist=int(info["nlist"])), rows)
                      for info in (updatable(index_dir, key, auto_nlist) if auto_nlist else [])]
+    why = None
     for k in tries:
         if stored_path(index_dir, k).is_file():
-            index, why = load_stored(index_dir, k)
+            index, reason = load_stored(index_dir, k)
             if index is not None:
                 return index, replace(spec, nlist=k["nlist"]), f"stored {stored_path(index_dir, k).name}"
-    why = why_stale(index_dir, key)
+            why = why or reason  # a damaged or vanished file: say so
+    why = why or why_stale(index_dir, key)
     t0 = time.perf_counter()
     index, extra = None, {}
     for info in updatable(index_dir, key, auto_nlist):
