@@ -4,6 +4,7 @@ the tests need (system packages, the demo's model), so a skip there means someth
 
 import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,6 +30,37 @@ def make_tiny_model(seed: int = 0, **scorer_overrides) -> GareModel:
     for k, v in scorer_overrides.items():
         setattr(cfg.scorer, k, v)
     return GareModel(cfg).eval()
+
+
+# The search tests' session data (tests/test_search.py, test_first_stage.py, test_web.py,
+# test_search_distributed.py): fixed folders under pytest's base temp, built once per session (generation and
+# indexing are idempotent).
+@pytest.fixture(scope="session")
+def shapes20(tmp_path_factory):
+    """20 generated moving-shapes videos (H.264 mp4, 4 s, 112 px): the folder of the files."""
+    from gare.data.synthetic import generate  # lazy on purpose: only the search tests need the generator
+
+    ann = generate(tmp_path_factory.getbasetemp() / "search-shapes20", n_videos=20, seed=3, workers=1)
+    return Path(ann).parent / "videos"
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    """The seeded tiny model (make_tiny_model(0)) saved as a checkpoint."""
+    p = tmp_path_factory.getbasetemp() / "search-model" / "tiny.safetensors"
+    if not p.exists():
+        make_tiny_model(0).save(p)
+    return p
+
+
+@pytest.fixture(scope="session")
+def built_index(shapes20, tiny_ckpt, tmp_path_factory):
+    """The index of :func:`shapes20` by :func:`tiny_ckpt`."""
+    from gare.search import build_index  # lazy on purpose: FAISS and the search app load only for its tests
+
+    out = tmp_path_factory.getbasetemp() / "search-index"
+    build_index(shapes20, tiny_ckpt, out, workers=1)
+    return out
 
 
 @pytest.fixture

@@ -11,41 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from gare.config import BackboneConfig, ModelConfig, TemporalConfig
-from gare.model import GareModel
 from gare.search import SearchEngine, build_index
 from gare.search import first_stage as fs_mod
 from gare.search.first_stage import FIRST_STAGE_DIR, FirstStage, build, default_pq_m, normalized, resolve
 
 QUERIES = ["a red circle moves left", "a blue square grows", "a green triangle moves up, then a yellow cross appears",
            "a purple cross shrinks"]
-
-
-# same fixed folders as tests/test_search.py (idempotent, built once per session)
-@pytest.fixture(scope="session")
-def shapes20(tmp_path_factory) -> Path:
-    from gare.data.synthetic import generate
-
-    ann = generate(tmp_path_factory.getbasetemp() / "search-shapes20", n_videos=20, seed=3, workers=1)
-    return Path(ann).parent / "videos"
-
-
-@pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    p = tmp_path_factory.getbasetemp() / "search-model" / "tiny.safetensors"
-    if not p.exists():
-        torch.manual_seed(0)
-        GareModel(ModelConfig(backbone=BackboneConfig(arch="tiny"), temporal=TemporalConfig(layers=3))).save(p)
-    return p
-
-
-@pytest.fixture(scope="session")
-def built_index(shapes20, tiny_ckpt, tmp_path_factory) -> Path:
-    out = tmp_path_factory.getbasetemp() / "search-index"
-    build_index(shapes20, tiny_ckpt, out, workers=1)
-    return out
 
 
 @pytest.fixture

@@ -29,30 +29,7 @@ def _tiny(seed: int) -> GareModel:
     return GareModel(ModelConfig(backbone=BackboneConfig(arch="tiny"), temporal=TemporalConfig(layers=3))).eval()
 
 
-# Session data shared with tests/test_web.py through fixed folders under pytest's base temp: generation and
-# indexing are idempotent, so whichever module runs first builds them and the other reuses them.
-@pytest.fixture(scope="session")
-def shapes20(tmp_path_factory) -> Path:
-    """20 generated moving-shapes videos (H.264 mp4, 4 s, 112 px)."""
-    from gare.data.synthetic import generate
-
-    ann = generate(tmp_path_factory.getbasetemp() / "search-shapes20", n_videos=20, seed=3, workers=1)
-    return Path(ann).parent / "videos"
-
-
-@pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    p = tmp_path_factory.getbasetemp() / "search-model" / "tiny.safetensors"
-    if not p.exists():
-        _tiny(0).save(p)
-    return p
-
-
-@pytest.fixture(scope="session")
-def built_index(shapes20, tiny_ckpt, tmp_path_factory) -> Path:
-    out = tmp_path_factory.getbasetemp() / "search-index"
-    build_index(shapes20, tiny_ckpt, out, workers=1)
-    return out
+# shapes20, tiny_ckpt, built_index: session fixtures of tests/conftest.py
 
 
 @pytest.fixture(scope="session")

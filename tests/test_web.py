@@ -13,11 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from gare.config import BackboneConfig, ModelConfig, TemporalConfig
-from gare.model import GareModel
-from gare.search import SearchEngine, build_index
+from gare.search import SearchEngine
 from gare.search.app import create_app, is_loopback
 
 CHROMIUM = "/usr/bin/chromium"
@@ -25,26 +22,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run"]
 QUERIES = ["a red circle moves left", "a blue square grows", "a green triangle moves up, then a yellow cross appears",
            "a purple cross shrinks", "an orange square moves down", "a yellow circle moves right"]
-
-
-# same fixed folders as tests/test_search.py (idempotent, built once per session)
-@pytest.fixture(scope="session")
-def shapes20(tmp_path_factory) -> Path:
-    from gare.data.synthetic import generate
-
-    ann = generate(tmp_path_factory.getbasetemp() / "search-shapes20", n_videos=20, seed=3, workers=1)
-    return Path(ann).parent / "videos"
-
-
-@pytest.fixture(scope="session")
-def built_index(shapes20, tmp_path_factory) -> Path:
-    ckpt = tmp_path_factory.getbasetemp() / "search-model" / "tiny.safetensors"
-    if not ckpt.exists():
-        torch.manual_seed(0)
-        GareModel(ModelConfig(backbone=BackboneConfig(arch="tiny"), temporal=TemporalConfig(layers=3))).save(ckpt)
-    out = tmp_path_factory.getbasetemp() / "search-index"
-    build_index(shapes20, ckpt, out, workers=1)
-    return out
 
 
 @pytest.fixture(scope="module")
