@@ -561,3 +561,27 @@ def test_table7_ranges_in_experiments_md_are_those_of_table7_json():
              f"{rng(list(st), 't2v_R1', 'std', 1)}",
              f"The text-side cells lie within {rng(text, 't2v_R1', places=1)}"]
     assert not _missing(doc, cells), _missing(doc, cells)
+
+
+def test_search_e2e_figures_are_those_of_bench_search_e2e():
+    doc, e = _doc("search.md"), _res("bench_search_e2e.json")
+    assert e["command"].replace("python ", "") in doc
+    b, f, enc = e["bases"], e["frames"], e["encoder"]
+    cells = [f"an index of all {e['index']['videos']:,} demo videos, {e['queries']} test captions",
+             f"load average {e['load_average_start'][0]:.1f} at the start",
+             f"p50 {b['wall']['p50_ms']:.1f} ms wall / {b['cpu']['p50_ms']:.1f} ms CPU per query "
+             f"(p90 {b['wall']['p90_ms']:.1f} ms)",
+             f"against {f['wall']['p50_ms']:.1f} ms / {f['cpu']['p50_ms']:.1f} ms for the engine before stored bases",
+             f"{e['speedup_p50_cpu']:.1f}x in CPU time; the text encoder alone {enc['wall']['p50_ms']:.1f} ms",
+             f"the same top 10 for {e['same_top10']}/{e['queries']} captions",
+             f"rerank of K = {e['rerank_k']}",
+             f"took p50 {e['cli_one_shot']['p50_ms'] / 1000:.1f} s wall over {e['cli_one_shot']['runs']} runs"]
+    assert not _missing(doc, cells), _missing(doc, cells)
+    assert e["same_top10"] == e["queries"]  # stored bases and the frames path rank alike
+    perf = _doc("performance.md")
+    cells = [f"an index of its {e['index']['videos']:,} videos, {e['queries']} test captions",
+             f"p50 {b['cpu']['p50_ms']:.1f} ms CPU per query with the stored bases against "
+             f"{f['cpu']['p50_ms']:.1f} ms CPU",
+             f"{e['speedup_p50_cpu']:.1f}x; the text encoder is {enc['cpu']['p50_ms']:.1f} ms CPU of it",
+             f"is p50 {e['cli_one_shot']['p50_ms'] / 1000:.1f} s wall"]
+    assert not _missing(perf, cells), _missing(perf, cells)
