@@ -109,3 +109,30 @@ def test_trainer_applies_train_threads(shapes_dir, tmp_path, monkeypatch):
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_thread_policy_sees_a_competitor_the_load_average_has_not_caught_up_with(monkeypatch, tmp_path):
+    """The 1-minute load average lags: a process that started seconds ago counts through the runnable-task
+    count of /proc/loadavg (bench_threads measured 4.5x slower steps with 2 threads than with 1 next to one
+    competitor that the load average, at 0.65, did not show yet)."""
+    from gare import threads
+
+    for var in (ENV, "OMP_NUM_THREADS", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    fake = tmp_path / "loadavg"
+    fake.write_text("0.65 0.40 0.30 2/345 12345\n")  # this thread and one other runnable
+    assert threads.runnable_others(samples=3, interval=0.0, path=str(fake)) == 1.0
+    fake.write_text("0.65 0.40 0.30 1/345 12345\n")
+    assert threads.runnable_others(samples=1, path=str(fake)) == 0.0
+    assert threads.runnable_others(path=str(tmp_path / "missing")) == 0.0  # no /proc: no reading
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    monkeypatch.setattr(threads, "runnable_others", lambda: 1.0)
+    assert choose_threads(cores=2) == 1
+    monkeypatch.setattr(threads, "runnable_others", lambda: 0.0)
+    assert choose_threads(cores=2) == 2
+    monkeypatch.setattr(threads, "runnable_others", lambda: 1.0)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # under torchrun the siblings are runnable: not counted twice
+    assert choose_threads(cores=8) == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (3.0, 3.0, 3.0))
+    assert choose_threads(cores=8, own_load=2.0) == 7  # its own load is still discounted
