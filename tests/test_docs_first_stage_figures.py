@@ -83,3 +83,23 @@ def test_search_md_quotes_bench_first_stage():
              f"{_run(cl['ivf'], 'ivf', 32, 0)['recall_top1024_at_1024']:.3f} at 10^6, clustered vectors)"]
     missing = [c for c in cells if " ".join(c.split()) not in doc]
     assert not missing, "docs/search.md does not quote:\n" + "\n".join(missing)
+
+
+def test_auto_threshold_reasons_are_those_of_bench_first_stage():
+    """scale.md's "Defaults" paragraph justifies IVF_MIN_VIDEOS with figures of bench_first_stage.json."""
+    from gare.search.first_stage import IVF_MIN_VIDEOS
+
+    res = json.loads((ROOT / "docs" / "results" / "bench_first_stage.json").read_text())
+    runs = {(r["videos"], r["data"]): r for r in res["runs"]}
+    ivf32 = {k: next(x for x in r["ivf"]["runs"] if x["nprobe"] == 32 and x["refine"] == 0)
+             for k, r in runs.items()}
+    flat = {k: r["flat"]["query_ms_p50_cpu"] for k, r in runs.items()}
+    doc = " ".join((ROOT / "docs" / "scale.md").read_text().split())
+    cell = (f"kept {ivf32[(100000, 'clustered')]['recall_top1024_at_1024']:.3f} of the flat top 1,024 on clustered "
+            f"vectors and {ivf32[(100000, 'isotropic')]['recall_top1024_at_1024']:.3f} on isotropic ones, while flat "
+            f"costs {min(flat[(100000, d)] for d in ('isotropic', 'clustered')):.1f}-"
+            f"{max(flat[(100000, d)] for d in ('isotropic', 'clustered')):.1f} CPU ms per query there and "
+            f"{min(flat[(1000000, d)] for d in ('isotropic', 'clustered')):.0f}-"
+            f"{max(flat[(1000000, d)] for d in ('isotropic', 'clustered')):.0f} at 10^6")
+    assert cell in doc, cell
+    assert IVF_MIN_VIDEOS == 1_000_000 and "`auto` is flat below 10^6 videos" in doc

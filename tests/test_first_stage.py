@@ -44,9 +44,9 @@ def _results(eng: SearchEngine, k: int = 6) -> list[tuple[list[int], np.ndarray,
 # ------------------------------------------------------------------------------------------ kinds
 def test_kinds_and_their_defaults():
     assert [default_pq_m(d) for d in (128, 256, 512, 768, 1024, 100)] == [8, 16, 32, 48, 64, 5]
-    assert resolve("auto", 49_999, 512).kind == "flat"
-    ivf = resolve("auto", 50_000, 512)
-    assert (ivf.kind, ivf.nlist) == ("ivf", 894)  # 4 sqrt(N)
+    assert resolve("auto", 999_999, 512).kind == "flat"
+    ivf = resolve("auto", 1_000_000, 512)
+    assert (ivf.kind, ivf.nlist) == ("ivf", 4000)  # 4 sqrt(N)
     pq = resolve("ivfpq", 10**6, 512)
     assert (pq.kind, pq.nlist, pq.m, pq.nbits) == ("ivfpq", 4000, 32, 8)
     assert pq.bytes_per_video() == 40 and ivf.bytes_per_video() == 2056

@@ -44,7 +44,11 @@ log = logging.getLogger(__name__)
 
 FIRST_STAGES = ("auto", "flat", "ivf", "ivfpq")
 TRAINED = ("ivf", "ivfpq")
-IVF_MIN_VIDEOS = 50_000  # "auto" switches from the exact flat index to IVF at this collection size
+# "auto" switches from the exact flat index to IVF at this collection size. Chosen from the measured curves
+# (docs/scale.md, sections 1 and 6): flat costs 15-16 CPU ms per query at 10^5 videos and 150-152 at 10^6, while IVF at
+# the default nprobe = 32 kept only 0.65 (clustered) and 0.08 (isotropic generated vectors) of the flat top 1,024
+# at 10^5. Below 10^6 the exact first stage is affordable; beyond it, memory and time call for IVF.
+IVF_MIN_VIDEOS = 1_000_000
 FIRST_STAGE_DIR = "first_stage"
 DEFAULT_NPROBE = 32
 DEFAULT_REFINE = 2  # ivfpq: exact re-ordering of the top refine x K of its shortlist (1: none)
