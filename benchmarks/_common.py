@@ -39,6 +39,17 @@ def machine() -> str:
             f"load average {load:.1f}")
 
 
+class Clock:
+    """Wall and CPU seconds of a block (``with Clock() as c: ...; c.wall, c.cpu``)."""
+
+    def __enter__(self):
+        self.w, self.c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.w, time.process_time() - self.c
+
+
 def timed(fn: Callable[[], object]) -> tuple[float, object]:
     t0 = time.perf_counter()
     out = fn()

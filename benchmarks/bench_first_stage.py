@@ -43,7 +43,7 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_args, machine, setup  # noqa: E402
+from _common import Clock, add_common_args, machine, setup  # noqa: E402
 from gare.config import BackboneConfig, ModelConfig, TemporalConfig  # noqa: E402
 from gare.model import GareModel  # noqa: E402
 from gare.search import SearchEngine  # noqa: E402
@@ -51,17 +51,6 @@ from gare.search.first_stage import FIRST_STAGE_DIR, normalized  # noqa: E402
 from gare.search.store import DB_NAME, INDEX_FORMAT, SHARD_DIR, connect, file_sha256  # noqa: E402
 
 ROWS_PER_SHARD = 100_000
-
-
-class Clock:
-    """Wall and CPU seconds of a block."""
-
-    def __enter__(self):
-        self.w, self.c = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self.w, time.process_time() - self.c
 
 
 def vectors(kind: str, n: int, dim: int, seed: int, chunk: int = 100_000):

@@ -48,7 +48,7 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_args, machine, setup  # noqa: E402
+from _common import Clock, add_common_args, machine, setup  # noqa: E402
 from bench_scorer import trained_like  # noqa: E402
 from gare.config import PsiConfig, ScorerConfig  # noqa: E402
 from gare.io import atomic_write  # noqa: E402
@@ -58,17 +58,6 @@ from gare.model.scorer import PairScorer  # noqa: E402
 from gare.search.store import mmap_safetensors  # noqa: E402
 
 KS = (10, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
-
-
-class Clock:
-    """Wall and CPU seconds of a block (``with Clock() as c: ...; c.wall, c.cpu``)."""
-
-    def __enter__(self):
-        self.w, self.c = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self.w, time.process_time() - self.c
 
 
 def scorers(dim: int) -> dict[str, PairScorer]:
