@@ -335,17 +335,27 @@ def refresh_first_stage(con: sqlite3.Connection, out: Path, kind: str = "auto") 
     meta = read_meta(con)
     settings = IndexSettings.from_dict(json.loads(meta["settings"]))
     ids, parts = gather_rows(out, con)
-    mean = (gather(parts, with_gallery=False, keys=("mean",))[1]["mean"].float() if parts
-            else torch.zeros(0, settings.embed_dim))
     spec = resolve(kind, len(ids), settings.embed_dim)
+
+    def means_at(pos: np.ndarray) -> np.ndarray:
+        """Stored vbar of the videos at positions ``pos`` (only their rows are read)."""
+        if not len(pos):
+            return np.zeros((0, settings.embed_dim), np.float32)
+        slot = torch.full((len(ids),), -1, dtype=torch.long)
+        slot[torch.from_numpy(pos)] = torch.arange(len(pos))
+        picks = [(sh, r[slot[p] >= 0], slot[p][slot[p] >= 0]) for sh, r, p in parts]
+        picks = [x for x in picks if len(x[2])]
+        return gather(picks, with_gallery=False, keys=("mean",))[1]["mean"].float().numpy()
+
     if not spec.trained:  # first stages of earlier rows are of no use any more
-        prune(out, full_key(spec, rows_key(ids, mean[torch.from_numpy(sample_positions(len(ids)))].numpy(),
-                                           meta.get("created"), settings.model_id)))
+        prune(out, full_key(spec, rows_key(ids, means_at(sample_positions(len(ids))), meta.get("created"),
+                                           settings.model_id)))
         return None
+    mean = means_at(np.arange(len(ids)))
     t0 = time.perf_counter()
     # the same vectors, normalized the same way, as SearchEngine.vbar
-    _, spec, source = obtain(out, spec, ids, means_at=lambda pos: mean[torch.from_numpy(pos)].numpy(),
-                             vectors=lambda: normalized(mean.numpy()), created=meta.get("created"),
+    _, spec, source = obtain(out, spec, ids, means_at=lambda pos: mean[pos],
+                             vectors=lambda: normalized(mean), created=meta.get("created"),
                              model_id=settings.model_id, locked=True)
     extra = f", m={spec.m}, nbits={spec.nbits}" if spec.kind == "ivfpq" else ""
     what = {"stored": "current", "updated": "updated without training"}.get(source.split()[0], "trained")
