@@ -38,6 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_common_args, machine, setup  # noqa: E402
 from gare.io import atomic_write  # noqa: E402
+from gare.model.checkpoint import run_config  # noqa: E402
 from gare.search import SearchEngine, build_index  # noqa: E402
 from gare.search.search import DEFAULT_RERANK_K  # noqa: E402
 
@@ -48,11 +49,7 @@ DEFAULT_OUT = ROOT / "docs" / "results" / "bench_search_e2e.json"
 
 def dataset_of(ckpt: Path) -> Path:
     """The dataset folder named by the checkpoint's stored run config (relative paths: the repository's)."""
-    from safetensors import safe_open
-
-    with safe_open(str(ckpt), framework="pt") as fh:
-        meta = fh.metadata() or {}
-    videos = json.loads(meta.get("run_config", "{}")).get("data", {}).get("videos")
+    videos = ((run_config(ckpt) or {}).get("data") or {}).get("videos")
     if not videos:
         raise SystemExit(f"{ckpt}: its run config names no dataset folder; pass a checkpoint trained by `gare train`")
     p = Path(videos)
