@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from gare.io import atomic_write
+from gare.model.checkpoint import run_config
 from gare.search import SearchEngine, build_index
 from gare.search.search import DEFAULT_RERANK_K
 from gare.search.store import load_embeddings
@@ -28,11 +29,7 @@ DEMO_MODEL = REPO / "runs" / "demo" / "gare" / "best.safetensors"
 
 
 def _run_data_dir(ckpt: Path) -> Path | None:
-    from safetensors import safe_open
-
-    with safe_open(str(ckpt), framework="pt") as fh:
-        meta = fh.metadata() or {}
-    videos = json.loads(meta.get("run_config", "{}")).get("data", {}).get("videos")
+    videos = ((run_config(ckpt) or {}).get("data") or {}).get("videos")
     if not videos:
         return None
     p = Path(videos)
